@@ -1,0 +1,32 @@
+"""deeplab_keras: DeepLab v1 and v2 for Keras 3 on TensorFlow.
+
+Submodules:
+  models      the DeepLab networks (`build_model`), MSC wrapper, logit resizing.
+  crf         the dense CRF as TensorFlow ops (`crf.DenseCRF`).
+  data        VOC 2012 / SBD readers, the tf.data pipeline, the built-in dataset.
+  training    presets, schedules, optimizer, loss, `model.fit` driver.
+  evaluation  mIoU, MSC / CRF inference.
+  export      SavedModel / TFLite / ONNX export and checks.
+
+The heavy submodules are imported lazily so that `import deeplab_keras` is cheap.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "build_model": "deeplab_keras.models",
+    "available_models": "deeplab_keras.models",
+    "resize_logits": "deeplab_keras.models",
+    "wrap_msc": "deeplab_keras.models",
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in ("models", "crf", "data", "training", "evaluation", "export",
+                "predict", "preprocessing", "palette", "viz"):
+        return importlib.import_module(f"deeplab_keras.{name}")
+    raise AttributeError(f"module 'deeplab_keras' has no attribute {name!r}")
