@@ -1,0 +1,171 @@
+"""Custom Keras layers of the DeepLab models: logit resizing and input rescaling.
+
+Both are thin wrappers around `tf.image.resize` (bilinear, half-pixel centres), the
+op that TFLite (RESIZE_BILINEAR) and ONNX (Resize) convert directly. They are
+registered with Keras so that `.keras` files load with plain
+`keras.models.load_model`.
+"""
+
+import math
+import numbers
+
+import keras
+import tensorflow as tf
+
+def _check_size(size_hw, name="size_hw"):
+    """Static (int, int) sizes must be positive; tensors are passed through."""
+    if isinstance(size_hw, (tf.Tensor, tf.Variable)) or keras.ops.is_tensor(size_hw):
+        return size_hw
+    try:
+        h, w = size_hw
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a pair (height, width). Received: {name}={size_hw!r}"
+        ) from None
+    for v in (h, w):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+            raise ValueError(
+                f"{name} must hold two positive integers. Received: {name}={size_hw!r}"
+            )
+    return (int(h), int(w))
+
+
+def resize_logits(logits, size_hw):
+    """Bilinearly resizes score maps, e.g. from 1/8 resolution to the input size.
+
+    DeepLab upsamples the stride-8 logits bilinearly before the argmax / the CRF
+    (Chen et al., DeepLab v2, TPAMI 2017, Sec. 3.1). Half-pixel centres
+    (`align_corners=False`), like deeplab-pytorch.
+
+    Args:
+      logits: float [B, h, w, C] (tf.Tensor or NumPy array).
+      size_hw: target (H, W): two positive ints, or an int32 tensor of shape [2].
+
+    Returns:
+      float32 [B, H, W, C].
+
+    Example:
+      >>> y = resize_logits(tf.zeros([1, 41, 41, 21]), (321, 321))
+      >>> y.shape
+      TensorShape([1, 321, 321, 21])
+    """
+    size_hw = _check_size(size_hw)
+    logits = tf.convert_to_tensor(logits)
+    if logits.shape.rank is not None and logits.shape.rank != 4:
+        raise ValueError(
+            f"logits must be rank 4 [B, h, w, C]. Received: logits.shape={logits.shape}"
+        )
+    out = tf.image.resize(logits, size_hw, method="bilinear")
+    return tf.cast(out, tf.float32)
+
+
+@keras.saving.register_keras_serializable(package="deeplab_keras")
+class ResizeLogits(keras.layers.Layer):
+    """Keras layer form of `resize_logits`: logits at input (or a fixed) resolution.
+
+    Called on `[logits, reference]` it resizes `logits` to the spatial size of
+    `reference` (typically the model input image); called on a single tensor it
+    resizes to the fixed `size` given at construction.
+
+    Args:
+      size: optional fixed (H, W). Required when the layer is called on one tensor.
+
+    Call args:
+      inputs: `logits` float [B, h, w, C], or `[logits, reference]` with
+        reference [B, H, W, ...].
+
+    Returns:
+      float32 [B, H, W, C].
+
+    Example:
+      >>> model = build_model("vgg16_largefov", width_multiplier=0.125)
+      >>> full = ResizeLogits()([model.output, model.input])
+      >>> full_res = keras.Model(model.input, full)
+    """
+
+    def __init__(self, size=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.size = None if size is None else _check_size(size, "size")
+
+    def call(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(
+                    "ResizeLogits takes logits or [logits, reference]. "
+                    f"Received: {len(inputs)} tensors"
+                )
+            logits, reference = inputs
+            target = tf.shape(reference)[1:3]
+        else:
+            if self.size is None:
+                raise ValueError(
+                    "ResizeLogits called on a single tensor needs a fixed size. "
+                    "Received: size=None (pass size=(H, W) or call on [logits, reference])"
+                )
+            logits, target = inputs, self.size
+        return resize_logits(logits, target)
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
+            logits_shape, ref_shape = input_shape
+            return (logits_shape[0], ref_shape[1], ref_shape[2], logits_shape[3])
+        return (input_shape[0], self.size[0], self.size[1], input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config["size"] = None if self.size is None else list(self.size)
+        return config
+
+
+def scaled_size(size, scale):
+    """Size of an image side after rescaling by `scale`: ceil(size * scale), >= 1.
+
+    Works on Python ints and on int32 tensors. The ceiling keeps every scale at
+    least one pixel and matches `ScaleImage`.
+    """
+    if isinstance(size, numbers.Integral):
+        return max(1, math.ceil(size * scale))
+    size = tf.cast(size, tf.float32) * scale
+    return tf.maximum(tf.cast(tf.math.ceil(size), tf.int32), 1)
+
+
+@keras.saving.register_keras_serializable(package="deeplab_keras")
+class ScaleImage(keras.layers.Layer):
+    """Bilinearly rescales an image batch by a constant factor (the MSC inputs).
+
+    Output size is ceil(H * scale) x ceil(W * scale). Scale 1 is the identity.
+
+    Args:
+      scale: positive float.
+
+    Call args:
+      images: float [B, H, W, C].
+
+    Returns:
+      float32 [B, ceil(H*scale), ceil(W*scale), C].
+    """
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(scale, numbers.Real) or not (0 < float(scale) < math.inf):
+            raise ValueError(f"scale must be a positive number. Received: scale={scale!r}")
+        self.scale = float(scale)
+
+    def call(self, images):
+        if self.scale == 1.0:
+            return images
+        hw = tf.shape(images)[1:3]
+        size = scaled_size(hw, self.scale)
+        return tf.cast(tf.image.resize(images, size, method="bilinear"), images.dtype)
+
+    def compute_output_shape(self, input_shape):
+        def side(s):
+            return None if s is None else scaled_size(s, self.scale)
+
+        return (input_shape[0], side(input_shape[1]), side(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config["scale"] = self.scale
+        return config
