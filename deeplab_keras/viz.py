@@ -1,0 +1,423 @@
+"""Pictures of segmentations: colour maps, overlays, side-by-side figures, curves.
+
+Everything here works on NumPy arrays:
+
+- label maps are integer [H, W] class ids (VOC convention: 0 = background,
+  255 = boundary / ignore), drawn with the VOC colour map
+  (`deeplab_keras.palette.VOC_PALETTE`);
+- images are RGB in 0-255, [H, W, 3] (uint8 or float).
+
+Figures are built with matplotlib's object-oriented API (`matplotlib.figure.Figure`
+rendered by the Agg canvas), never through pyplot, so the library neither needs a
+display nor changes the backend of the program that imports it. matplotlib is
+imported only when a figure is made; colour maps and overlays need only PIL.
+
+Example:
+  >>> import numpy as np
+  >>> from deeplab_keras import viz
+  >>> image = np.zeros((4, 4, 3), np.uint8)
+  >>> labels = np.array([[0, 15], [15, 255]]).repeat(2, 0).repeat(2, 1)
+  >>> viz.colorize(labels)[0, 2].tolist()     # person
+  [192, 128, 128]
+  >>> viz.overlay(image, labels, alpha=1.0)[0, 0].tolist()   # background stays the image
+  [0, 0, 0]
+"""
+
+import csv
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from deeplab_keras.palette import IGNORE_LABEL, VOC_CLASSES, VOC_PALETTE
+
+__all__ = [
+    "colorize",
+    "overlay",
+    "label_image",
+    "save_label_png",
+    "side_by_side",
+    "read_training_log",
+    "plot_training_curves",
+    "save_figure",
+]
+
+
+# --------------------------------------------------------------------------- #
+# Argument checks
+# --------------------------------------------------------------------------- #
+
+def _as_labels(labels, name="labels"):
+    labels = np.asarray(labels)
+    if labels.ndim == 3 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    if labels.ndim != 2:
+        raise ValueError(
+            f"`{name}` must be a label map of shape [H, W]. Received: shape={labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(
+            f"`{name}` must hold integer class ids (take the argmax of the logits first). "
+            f"Received: dtype={labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(
+            f"`{name}` must hold class ids in [0, 255]. "
+            f"Received: min={labels.min()}, max={labels.max()}")
+    return labels.astype(np.uint8)
+
+
+def _as_image(image, name="image"):
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(
+            f"`{name}` must be an RGB image of shape [H, W, 3]. Received: shape={image.shape}")
+    if image.dtype != np.uint8:
+        # Float input is RGB in 0-255 (what `deprocess_images` returns); clip its
+        # overshoot rather than wrap around.
+        image = np.clip(np.rint(image.astype(np.float32)), 0, 255).astype(np.uint8)
+    return image
+
+
+def _as_palette(palette):
+    if palette is None:
+        return VOC_PALETTE
+    palette = np.asarray(palette)
+    if palette.ndim != 2 or palette.shape[1] != 3 or palette.shape[0] > 256:
+        raise ValueError(
+            f"`palette` must be [N, 3] RGB with N <= 256. Received: shape={palette.shape}")
+    full = np.zeros((256, 3), np.uint8)
+    full[: palette.shape[0]] = palette
+    return full
+
+
+def _atomic_target(path):
+    """A temporary file next to `path` (same filesystem, so `os.replace` is atomic)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"Output directory does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
+                               dir=path.parent)
+    os.close(fd)
+    return path, Path(tmp)
+
+
+# --------------------------------------------------------------------------- #
+# Colour maps and overlays (PIL / NumPy only)
+# --------------------------------------------------------------------------- #
+
+def colorize(labels, palette=None):
+    """Colour a label map with the VOC colour map.
+
+    Args:
+      labels: integer [H, W] class ids in 0-255 (255 = ignore, drawn in its VOC
+        colour, light beige).
+      palette: optional uint8 [N, 3] RGB colours, N <= 256; defaults to
+        `VOC_PALETTE`.
+
+    Returns:
+      uint8 [H, W, 3] RGB.
+
+    Example:
+      >>> colorize(np.array([[1]]))[0, 0].tolist()
+      [128, 0, 0]
+    """
+    return _as_palette(palette)[_as_labels(labels)]
+
+
+def overlay(image, labels, *, alpha=0.5, transparent_labels=(0,), palette=None):
+    """Blend a label map's colours onto its image.
+
+    Pixels whose label is in `transparent_labels` (by default the background)
+    keep the image; the others become `(1 - alpha) * image + alpha * colour`.
+
+    Args:
+      image: RGB [H, W, 3] in 0-255 (uint8 or float) or grayscale [H, W].
+      labels: integer [H, W] class ids, same H, W as the image.
+      alpha: opacity of the colours, in [0, 1].
+      transparent_labels: class ids drawn without colour.
+      palette: optional [N, 3] colours (default: VOC).
+
+    Returns:
+      uint8 [H, W, 3] RGB.
+    """
+    image = _as_image(image)
+    labels = _as_labels(labels)
+    if image.shape[:2] != labels.shape:
+        raise ValueError(
+            "`image` and `labels` must have the same height and width. "
+            f"Received: image.shape={image.shape}, labels.shape={labels.shape}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
+    from PIL import Image
+
+    colours = _as_palette(palette)[labels]
+    blended = np.asarray(Image.blend(Image.fromarray(image), Image.fromarray(colours),
+                                     float(alpha)))
+    keep = np.isin(labels, np.asarray(tuple(transparent_labels), np.int64))
+    return np.where(keep[..., None], image, blended).astype(np.uint8)
+
+
+def label_image(labels, palette=None):
+    """A label map as a palette ("P" mode) PIL image: pixel value = class id.
+
+    This is the format of VOC's SegmentationClass PNGs, so the files open in
+    any viewer in colour and read back with `np.asarray(Image.open(f))` as ids.
+    """
+    from PIL import Image
+
+    # An "L" image given a palette becomes "P" with its values kept as indices
+    # (convert("P") would re-quantise them instead).
+    image = Image.fromarray(_as_labels(labels))
+    image.putpalette(_as_palette(palette).reshape(-1).tolist())
+    assert image.mode == "P", image.mode
+    return image
+
+
+def save_label_png(labels, path, palette=None):
+    """Write a label map as a VOC-style palette PNG, atomically.
+
+    The file is written under a temporary name in the same folder and renamed,
+    so an interrupted run never leaves a half-written PNG under `path`.
+
+    Args:
+      labels: integer [H, W] class ids in 0-255.
+      path: destination `.png` path; its folder must exist.
+      palette: optional [N, 3] colours (default: VOC).
+
+    Returns:
+      The `Path` written.
+    """
+    image = label_image(labels, palette)
+    path, tmp = _atomic_target(path)
+    try:
+        image.save(tmp, format="PNG", optimize=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- #
+# Figures (matplotlib, imported lazily)
+# --------------------------------------------------------------------------- #
+
+def _new_figure(figsize):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def save_figure(fig, path, *, dpi=100):
+    """Save a matplotlib figure to `path` atomically (PNG, PDF, SVG by suffix)."""
+    path, tmp = _atomic_target(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    try:
+        fig.savefig(tmp, dpi=dpi, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _batch(x, name, as_fn):
+    """Normalise one item or a batch to a list of arrays checked by `as_fn`."""
+    if x is None:
+        return None
+    if isinstance(x, (list, tuple)):
+        items = list(x)
+    else:
+        x = np.asarray(x)
+        batched = x.ndim == 4 if as_fn is _as_image else (
+            x.ndim == 3 and x.shape[-1] != 1 or x.ndim == 4)
+        items = list(x) if batched else [x]
+    return [as_fn(item, name) for item in items]
+
+
+def side_by_side(images, predictions, crf_predictions=None, ground_truths=None, *,
+                 class_names=None, palette=None, style="labels", alpha=0.6,
+                 titles=None, legend=True, column_width=3.0):
+    """A figure: image | prediction | with CRF | ground truth, one row per image.
+
+    Columns for `crf_predictions` and `ground_truths` appear only when given.
+    Label maps are drawn in VOC colours (`style="labels"`) or blended onto the
+    image (`style="overlay"`); a legend lists the classes that occur.
+
+    Args:
+      images: RGB [H, W, 3] in 0-255, or a batch [B, H, W, 3] / list of them.
+      predictions: integer [H, W] (or [B, H, W] / list) argmax labels.
+      crf_predictions: optional labels after the dense CRF, same layout.
+      ground_truths: optional ground-truth labels (255 = ignore), same layout.
+      class_names: names for the legend (default: the 21 VOC classes).
+      palette: optional [N, 3] colours (default: VOC).
+      style: "labels" or "overlay".
+      alpha: overlay opacity (style "overlay").
+      titles: optional list of row titles (e.g. file names).
+      legend: draw the class legend.
+      column_width: inches per column.
+
+    Returns:
+      A `matplotlib.figure.Figure` (save it with `save_figure`; in a notebook
+      it displays as the cell's value).
+
+    Example:
+      >>> fig = side_by_side(image, pred, crf_pred, gt, titles=["2007_000032"])
+      >>> save_figure(fig, "docs/figures/example.png")
+    """
+    if style not in ("labels", "overlay"):
+        raise ValueError(f'`style` must be "labels" or "overlay". Received: style={style!r}')
+    images = _batch(images, "images", _as_image)
+    columns = [("prediction", _batch(predictions, "predictions", _as_labels))]
+    if crf_predictions is not None:
+        columns.append(("with CRF", _batch(crf_predictions, "crf_predictions", _as_labels)))
+    if ground_truths is not None:
+        columns.append(("ground truth", _batch(ground_truths, "ground_truths", _as_labels)))
+    n = len(images)
+    for title, maps in columns:
+        if len(maps) != n:
+            raise ValueError(
+                f"Got {n} images but {len(maps)} label maps for column '{title}'.")
+        for i, (img, lab) in enumerate(zip(images, maps)):
+            if img.shape[:2] != lab.shape:
+                raise ValueError(
+                    f"Row {i}, column '{title}': label map shape {lab.shape} does not "
+                    f"match image shape {img.shape[:2]}.")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"Got {n} images but {len(titles)} titles.")
+    class_names = tuple(class_names) if class_names is not None else VOC_CLASSES
+    pal = _as_palette(palette)
+
+    ncols = 1 + len(columns)
+    h, w = images[0].shape[:2]
+    row_height = column_width * h / max(w, 1)
+    fig = _new_figure((column_width * ncols, row_height * n + (0.6 if legend else 0.2)))
+    axes = np.asarray(fig.subplots(n, ncols, squeeze=False))
+    present = set()
+    for i in range(n):
+        cells = [("image", images[i])]
+        for title, maps in columns:
+            lab = maps[i]
+            present.update(int(v) for v in np.unique(lab))
+            cells.append((title, overlay(images[i], lab, alpha=alpha, palette=pal)
+                          if style == "overlay" else pal[lab]))
+        for j, (title, pixels) in enumerate(cells):
+            ax = axes[i, j]
+            ax.imshow(pixels, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=10)
+        if titles is not None:
+            axes[i, 0].set_ylabel(str(titles[i]), fontsize=8)
+
+    if legend and present:
+        from matplotlib.patches import Patch
+
+        handles = []
+        for c in sorted(present):
+            if c == IGNORE_LABEL:
+                name = "ignore"
+            elif c < len(class_names):
+                name = class_names[c]
+            else:
+                name = f"class {c}"
+            handles.append(Patch(facecolor=pal[c] / 255.0, edgecolor="0.3", label=name))
+        fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
+                   ncols=min(len(handles), max(ncols * 2, 4)))
+    return fig
+
+
+def read_training_log(csv_path):
+    """Read a Keras `CSVLogger` file into columns of floats.
+
+    Args:
+      csv_path: path of the CSV (header row first: `epoch,loss,...`).
+
+    Returns:
+      dict column name -> float64 [N] (empty cells and "nan" become NaN).
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: the file is empty, has no header, or has no data rows.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"Training log not found: {csv_path}")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    rows = [r for r in rows if r]
+    if len(rows) < 2:
+        raise ValueError(f"Training log {csv_path} has no data rows (need a header and "
+                         f"at least one epoch). Received: {len(rows)} non-empty lines")
+    header, data = rows[0], rows[1:]
+
+    def number(cell):
+        try:
+            return float(cell)
+        except ValueError:
+            return math.nan
+
+    columns = {}
+    for k, name in enumerate(header):
+        columns[name.strip()] = np.asarray(
+            [number(r[k]) if k < len(r) else math.nan for r in data], np.float64)
+    return columns
+
+
+def _x_axis(columns):
+    for key in ("iteration", "iterations", "step", "steps", "epoch"):
+        if key in columns:
+            values = columns[key]
+            # Keras writes 0-based epochs; a curve over "epoch 1..N" reads better.
+            return key, values + 1 if key == "epoch" else values
+    n = len(next(iter(columns.values())))
+    return "epoch", np.arange(1, n + 1, dtype=np.float64)
+
+
+def plot_training_curves(csv_path, *, path=None, title=None):
+    """Loss and mIoU curves from the training run's CSV log.
+
+    Plots every column named `loss`/`*_loss` in the left panel and every column
+    containing "iou" (case-insensitive, e.g. `mean_iou`, `val_mean_iou`) in
+    the right panel, against `iteration`/`step` if logged, else epoch.
+
+    Args:
+      csv_path: the Keras CSVLogger file (e.g. `runs/<preset>/log.csv`).
+      path: optional image path to save the figure to (atomically).
+      title: optional figure title.
+
+    Returns:
+      A `matplotlib.figure.Figure`.
+
+    Raises:
+      FileNotFoundError / ValueError: missing file, or no loss column.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    columns = read_training_log(csv_path)
+    losses = [k for k in columns if k == "loss" or k.endswith("_loss")]
+    ious = [k for k in columns if "iou" in k.lower()]
+    if not losses:
+        raise ValueError(f"Training log {csv_path} has no loss column. "
+                         f"Received columns: {list(columns)}")
+    xname, x = _x_axis(columns)
+    panels = [("loss", losses)] + ([("mIoU", ious)] if ious else [])
+    fig = _new_figure((4.5 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (ylabel, keys) in zip(axes, panels):
+        for key in keys:
+            y = columns[key]
+            # A single point is invisible as a line; draw markers when sparse.
+            ax.plot(x, y, marker="o" if len(y) < 30 else None, markersize=3, label=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xname)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
