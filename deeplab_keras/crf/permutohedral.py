@@ -1,0 +1,235 @@
+"""Permutohedral lattice from standard TensorFlow ops.
+
+The bilateral kernel of the dense CRF, exp(-1/2 |f_i - f_j|^2) over 5-D
+features (x, y, r, g, b scaled by their sigmas), is applied to every pixel's
+class distribution in each mean-field iteration. Like pydensecrf (Krähenbühl &
+Koltun 2011, https://arxiv.org/abs/1210.5644) this uses the permutohedral
+lattice of Adams, Baek & Davis, "Fast High-Dimensional Filtering Using the
+Permutohedral Lattice" (Eurographics 2010): splat each pixel onto the d + 1
+vertices of its enclosing simplex, blur with [1 2 1] along each of the d + 1
+lattice directions, slice back with the same barycentric weights.
+
+The lattice *structure* (vertex indices, barycentric weights, blur neighbours)
+is built once per image from the features by `build_lattice`; only
+`lattice_filter` (gather / scatter-add) runs in each iteration.
+
+Every op is chosen so the graph converts to TFLite builtins and to ONNX:
+
+* lattice points are identified by an int64 mixed-radix hash of their integer
+  coordinates and deduplicated with `tf.unique` (TFLite UNIQUE, ONNX Unique);
+* the blur neighbours are found with a second `tf.unique` over the lattice
+  keys followed by the neighbours' keys: `tf.unique` keeps the order of first
+  occurrence (TF, TFLite and ONNX `sorted=0` all document this), so a neighbour
+  exists iff its index is below the number of lattice points;
+* the splat is `tf.tensor_scatter_nd_add` (TFLite SCATTER_ND, ONNX ScatterND
+  with reduction="add"), not `unsorted_segment_sum`, which tf2onnx lowers to a
+  sort plus a dense [points x max-count] grid.
+
+Several images share one lattice: the image index is part of the key, so the
+images' lattice points never meet.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+
+class Lattice(NamedTuple):
+    """The per-image structure of a permutohedral lattice.
+
+    Attributes:
+        offsets: int32 [P, d + 1], the lattice point of each simplex vertex of
+            each of the P input points.
+        weights: float32 [P, d + 1], the barycentric weights (sum to 1).
+        neighbours: int32 [d + 1, M + 1, 2], for each blur direction the two
+            neighbours of each lattice point; index M is an always-zero row
+            that stands for "no neighbour".
+        num_points: int32 scalar, M, the number of occupied lattice points.
+    """
+
+    offsets: tf.Tensor
+    weights: tf.Tensor
+    neighbours: tf.Tensor
+    num_points: tf.Tensor
+
+
+def _scale_factors(d):
+    # Elevation scaling from Adams et al. 2010 (p. 5-6): the lattice blur then
+    # approximates a Gaussian of standard deviation 1 in feature units.
+    inv_std_dev = math.sqrt(2.0 / 3.0) * (d + 1)
+    return [inv_std_dev / math.sqrt((i + 1) * (i + 2)) for i in range(d)]
+
+
+def _elevate(features, d):
+    """Project [P, d] features onto the plane sum(x) = 0 in d + 1 dimensions.
+
+    Follows the reference's summation order exactly (float32), so that the
+    rounding below picks the same simplex as pydensecrf for all but
+    boundary-tie points.
+    """
+    scale = _scale_factors(d)
+    cf = [features[:, i] * np.float32(scale[i]) for i in range(d)]
+    elevated = [None] * (d + 1)
+    running = tf.zeros_like(cf[0])
+    for j in range(d, 0, -1):
+        elevated[j] = running - np.float32(j) * cf[j - 1]
+        running = running + cf[j - 1]
+    elevated[0] = running
+    return tf.stack(elevated, axis=1)
+
+
+def _enclosing_simplex(elevated, d):
+    """Remainder-0 point, vertex ranks and barycentric weights per point."""
+    dp1 = np.float32(d + 1)
+    rounded = tf.round(elevated * np.float32(1.0 / (d + 1)))  # half to even
+    rem0 = rounded * dp1
+    coord_sum = tf.reduce_sum(rounded, axis=1, keepdims=True)
+
+    # rank[i]: position of residual i in descending order, ties broken by index
+    # (the reference's pairwise loop): [P, d+1, d+1] comparisons, d is small.
+    resid = elevated - rem0
+    r_i = resid[:, :, None]
+    r_j = resid[:, None, :]
+    upper = np.triu(np.ones((d + 1, d + 1), np.float32), k=1)  # j > i
+    lower = upper.T  # j < i
+    rank = tf.reduce_sum(
+        tf.cast(r_i < r_j, tf.float32) * upper + tf.cast(r_j >= r_i, tf.float32) * lower,
+        axis=2,
+    )
+
+    # Bring the point back onto the plane when the rounded coordinates do not
+    # sum to zero.
+    rank = rank + coord_sum
+    shift = tf.where(rank < 0.0, dp1, 0.0) - tf.where(rank >= dp1, dp1, 0.0)
+    rank = rank + shift
+    rem0 = rem0 + shift
+
+    # Barycentric coordinates (Adams et al. 2010, p. 10).
+    v = (elevated - rem0) * np.float32(1.0 / (d + 1))
+    pos = np.float32(d) - rank  # [P, d+1], in 0..d
+    slots = np.arange(d + 2, dtype=np.float32)
+    hit = tf.cast(tf.equal(pos[:, :, None], slots), tf.float32)
+    hit_next = tf.cast(tf.equal(pos[:, :, None] + 1.0, slots), tf.float32)
+    bary = tf.reduce_sum(v[:, :, None] * (hit - hit_next), axis=1)  # [P, d+2]
+    wrap = np.zeros((d + 2,), np.float32)
+    wrap[0] = 1.0
+    bary = bary + wrap + bary[:, d + 1 : d + 2] * wrap
+    weights = bary[:, : d + 1]
+    return rem0, rank, weights
+
+
+def _vertex_keys(rem0, rank, d):
+    """Integer coordinates (float32, exact) of the d + 1 vertices: [P, d+1, d].
+
+    Vertex r of the simplex is rem0 + canonical[r][rank], where the canonical
+    simplex has canonical[r][k] = r for k <= d - r and r - (d + 1) otherwise.
+    Only the first d coordinates are kept: the last one follows from sum = 0.
+    """
+    dp1 = np.float32(d + 1)
+    remainders = np.arange(d + 1, dtype=np.float32)[None, :, None]  # [1, d+1, 1]
+    rem0_d = rem0[:, None, :d]
+    rank_d = rank[:, None, :d]
+    return rem0_d + remainders - dp1 * tf.cast(rank_d > np.float32(d) - remainders, tf.float32)
+
+
+def build_lattice(features, image_ids=None):
+    """Builds the permutohedral lattice structure for a set of feature points.
+
+    Args:
+        features: float32 [P, d], each point's features already divided by
+            their Gaussian sigmas (the kernel is exp(-1/2 |f_i - f_j|^2)).
+            d must be static.
+        image_ids: optional int32 [P], which image each point belongs to;
+            points of different images never interact.
+
+    Returns:
+        A `Lattice`.
+
+    Example:
+        >>> feats = tf.random.uniform([100, 5]) * 10.0
+        >>> lattice = build_lattice(feats)
+        >>> lattice_filter(lattice, tf.ones([100, 1])).shape
+        TensorShape([100, 1])
+    """
+    d = features.shape[-1]
+    if d is None:
+        raise ValueError(f"The feature dimension must be static. Received: features.shape={features.shape}")
+    features = tf.convert_to_tensor(features, tf.float32)
+    num_input = tf.shape(features)[0]
+
+    elevated = _elevate(features, d)
+    rem0, rank, weights = _enclosing_simplex(elevated, d)
+    keys = _vertex_keys(rem0, rank, d)  # [P, d+1, d]
+
+    # Mixed-radix int64 hash over a box with a margin of d + 1 on each side,
+    # so that the blur neighbours (every coordinate moves by 1 or d) of any
+    # occupied point still hash injectively.
+    margin = np.float32(d + 1)
+    lo = tf.reduce_min(keys, axis=[0, 1]) - margin  # [d]
+    hi = tf.reduce_max(keys, axis=[0, 1]) + margin
+    extent = tf.cast(hi - lo + 1.0, tf.int64)  # [d]
+    shifted = tf.cast(keys - lo, tf.int64)  # [P, d+1, d], >= 0
+    strides = []
+    stride = tf.constant(1, tf.int64)
+    key_hash = tf.zeros_like(shifted[:, :, 0])
+    for i in range(d):
+        strides.append(stride)
+        key_hash = key_hash + shifted[:, :, i] * stride
+        stride = stride * extent[i]
+    if image_ids is not None:
+        image_ids = tf.cast(image_ids, tf.int64)
+        key_hash = key_hash + image_ids[:, None] * stride
+
+    points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
+    num_points = tf.shape(points)[0]
+    offsets = tf.reshape(vertex_index, [num_input, d + 1])
+
+    # Blur neighbours along direction j: every coordinate -1 (resp. +1) except
+    # coordinate j, which moves by +d (resp. -d). For j = d the implicit last
+    # coordinate is the one that moves, so all d stored coordinates move.
+    deltas = []
+    for j in range(d + 1):
+        delta = tf.constant(0, tf.int64)
+        for i in range(d):
+            delta = delta + (np.int64(d) if i == j else np.int64(-1)) * strides[i]
+        deltas.append(delta)
+    queries = [points] + [points + dj for dj in deltas] + [points - dj for dj in deltas]
+    _, query_index = tf.unique(tf.concat(queries, axis=0))
+    # First-occurrence order: the lattice points keep their indices 0..M-1 and
+    # every key not in the lattice gets an index >= M.
+    found = tf.reshape(query_index[num_points:], [2, d + 1, num_points])
+    found = tf.where(found < num_points, found, num_points)
+    found = tf.transpose(found, [1, 2, 0])  # [d+1, M, 2]
+    sentinel = tf.fill(tf.stack([d + 1, 1, 2]), num_points)
+    neighbours = tf.concat([found, sentinel], axis=1)  # [d+1, M+1, 2]
+    return Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points)
+
+
+def lattice_filter(lattice, values):
+    """Applies the lattice Gaussian to per-point values (splat, blur, slice).
+
+    Args:
+        lattice: a `Lattice` from `build_lattice`.
+        values: float32 [P, C].
+
+    Returns:
+        float32 [P, C]: sum_j k(f_i, f_j) values_j, approximated on the lattice
+        (the point itself included), scaled like the reference.
+    """
+    d = lattice.offsets.shape[-1] - 1
+    channels = tf.shape(values)[1]
+    contrib = values[:, None, :] * lattice.weights[:, :, None]  # [P, d+1, C]
+    grid = tf.zeros(tf.stack([lattice.num_points + 1, channels]), values.dtype)
+    grid = tf.tensor_scatter_nd_add(
+        grid, tf.reshape(lattice.offsets, [-1, 1]), tf.reshape(contrib, tf.stack([-1, channels]))
+    )
+    for j in range(d + 1):
+        pair = tf.gather(grid, lattice.neighbours[j])  # [M+1, 2, C]
+        grid = grid + 0.5 * tf.reduce_sum(pair, axis=1)
+    # alpha corrects the lattice blur's total mass (the reference's "magic"
+    # constant 1 / (1 + 2^-d)).
+    alpha = np.float32(1.0 / (1.0 + 2.0 ** (-d)))
+    sliced = tf.gather(grid, lattice.offsets)  # [P, d+1, C]
+    return tf.reduce_sum(sliced * (lattice.weights * alpha)[:, :, None], axis=1)
