@@ -1,0 +1,142 @@
+"""The DeepLab training loss: per-pixel softmax cross-entropy at output stride 8.
+
+DeepLab v1/v2 (ICLR 2015 Sec. 3.1 / TPAMI 2017 Sec. 4) compute the loss on the
+stride-8 score map: the ground truth is subsampled by nearest neighbour to the
+logit size (never interpolated), pixels labelled 255 are ignored, and the loss is
+the mean over the remaining pixels.
+
+Nearest-neighbour reduction follows the network's geometry: with 'same'
+stride-2 convs/pools on an odd input, logit i of an H -> ceil(H/8) map sits on
+input pixel 8i, so `reduce_labels` samples input row round(i * (H-1) / (h-1))
+(for 321 -> 41 exactly row 8i). The same rule serves the MSC outputs at scales
+0.75 and 0.5, whose logit grids span the same image.
+
+Under `tf.distribute`, the mean is over the valid pixels of the *global* batch:
+each replica divides its sum by the all-reduced pixel count, so the summed
+gradients equal those of one device seeing the whole batch, whatever the split
+of ignored pixels between replicas.
+"""
+
+import keras
+import tensorflow as tf
+
+from deeplab_keras.palette import IGNORE_LABEL
+
+
+def reduce_labels(labels, size_hw):
+    """Nearest-neighbour subsampling of label maps to a logit grid.
+
+    Args:
+      labels: int [B, H, W] (or [B, H, W, 1]) class ids, 255 = ignore.
+      size_hw: (h, w) of the logits, ints or scalar int tensors.
+
+    Returns:
+      int32 [B, h, w]: output pixel (i, j) is input pixel
+      (round(i*(H-1)/(h-1)), round(j*(W-1)/(w-1))); 0 when h (w) is 1.
+
+    Example:
+        >>> reduce_labels(tf.zeros([2, 321, 321], tf.int32), (41, 41)).shape
+        TensorShape([2, 41, 41])
+    """
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 4:
+        labels = tf.squeeze(labels, axis=-1)
+    if labels.shape.rank != 3:
+        raise ValueError(f"labels must be [B, H, W] or [B, H, W, 1]. Received: shape={labels.shape}")
+    labels = tf.cast(labels, tf.int32)
+    shape = tf.shape(labels)
+
+    def indices(in_size, out_size):
+        out_size = tf.cast(out_size, tf.int32)
+        i = tf.range(out_size)
+        denom = tf.maximum(out_size - 1, 1)
+        # round(i * (in-1) / (out-1)) in exact integer arithmetic (half up).
+        return (2 * i * (in_size - 1) + denom) // (2 * denom)
+
+    rows = indices(shape[1], size_hw[0])
+    cols = indices(shape[2], size_hw[1])
+    return tf.gather(tf.gather(labels, rows, axis=1), cols, axis=2)
+
+
+def _global_sum(value):
+    """Sum of `value` over the replicas of the current tf.distribute replica context."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+    return value
+
+
+def segmentation_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
+    """Mean softmax cross-entropy over the non-ignored pixels, labels reduced to the logits.
+
+    Args:
+      labels: int/float [B, H, W] (or [B, H, W, 1]) class ids in [0, C) or
+        `ignore_label`, at input resolution (or already at logit resolution).
+      logits: float [B, h, w, C] (any float dtype; computed in float32).
+      ignore_label: label value that contributes nothing (255).
+
+    Returns:
+      float32 scalar. 0 (with zero gradients) when every pixel is ignored.
+      Inside a `tf.distribute` replica context the divisor is the valid-pixel
+      count of the global batch (see the module docstring).
+
+    Raises:
+      InvalidArgumentError at run time when a label is outside [0, C) and is not
+      `ignore_label` (never silently clipped).
+
+    Example:
+        >>> logits = tf.zeros([1, 41, 41, 21])
+        >>> float(segmentation_cross_entropy(tf.zeros([1, 321, 321]), logits))  # log(21)
+        3.04452...
+    """
+    logits = tf.convert_to_tensor(logits)
+    if logits.shape.rank != 4:
+        raise ValueError(f"logits must be [B, h, w, C]. Received: shape={logits.shape}")
+    logits = tf.cast(logits, tf.float32)
+    num_classes = tf.shape(logits)[-1]
+    labels = reduce_labels(labels, (tf.shape(logits)[1], tf.shape(logits)[2]))
+    valid = tf.not_equal(labels, ignore_label)
+    in_range = tf.logical_and(labels >= 0, labels < num_classes)
+    check = tf.debugging.assert_equal(
+        tf.logical_or(in_range, tf.logical_not(valid)), True,
+        message=(f"Labels must be class ids in [0, num_classes) or {ignore_label} (ignore); "
+                 "found another value (num_classes is the logits' last dimension)"))
+    with tf.control_dependencies([check]):
+        safe = tf.where(valid, labels, tf.zeros_like(labels))
+    pixel_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
+    weights = tf.cast(valid, tf.float32)
+    total = tf.reduce_sum(pixel_loss * weights)
+    count = _global_sum(tf.reduce_sum(weights))
+    return tf.math.divide_no_nan(total, count)
+
+
+@keras.saving.register_keras_serializable(package="deeplab_keras")
+class SegmentationCrossEntropy(keras.losses.Loss):
+    """Keras loss wrapper of `segmentation_cross_entropy` for `model.compile`.
+
+    `y_true` is the label map at input resolution [B, H, W], `y_pred` the logits
+    [B, ceil(H/8), ceil(W/8), C]; the returned value is already the scalar mean
+    over valid pixels, so Keras' reduction leaves it unchanged. For MSC models with
+    dict outputs, give one instance per output key: each reduces the labels to its
+    own output's size.
+
+    Args:
+      ignore_label: the ignored label value (255).
+      name: loss name.
+
+    Example:
+        >>> model.compile(optimizer, loss=SegmentationCrossEntropy())
+    """
+
+    def __init__(self, ignore_label=IGNORE_LABEL, name="segmentation_cross_entropy", **kwargs):
+        if isinstance(ignore_label, bool) or not isinstance(ignore_label, int):
+            raise ValueError(f"ignore_label must be an int. Received: ignore_label={ignore_label!r}")
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+        self.ignore_label = ignore_label
+
+    def call(self, y_true, y_pred):
+        return segmentation_cross_entropy(y_true, y_pred, self.ignore_label)
+
+    def get_config(self):
+        return {"ignore_label": self.ignore_label, "name": self.name}
