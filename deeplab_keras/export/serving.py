@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from deeplab_keras.models import resize_logits
 from deeplab_keras.palette import IGNORE_LABEL
 from deeplab_keras.preprocessing import preprocess_images
 
@@ -102,15 +103,6 @@ def model_logits(model, images):
     return tf.cast(out, tf.float32)
 
 
-def _resize_logits(logits, size_hw):
-    from deeplab_keras import models
-
-    resize = getattr(models, "resize_logits", None)
-    if resize is None:  # models still under construction: same bilinear op.
-        return tf.image.resize(logits, size_hw, method="bilinear")
-    return resize(logits, size_hw)
-
-
 def predict_rgb(model, images_rgb, crf=None, include_probabilities=False):
     """The full inference graph on RGB images of one size.
 
@@ -131,7 +123,7 @@ def predict_rgb(model, images_rgb, crf=None, include_probabilities=False):
     static_hw = images_rgb.shape[1:3]
     if static_hw.is_fully_defined():
         size_hw = static_hw.as_list()  # static shapes keep the TFLite graph static.
-    full = _resize_logits(logits, size_hw)
+    full = resize_logits(logits, size_hw)
     outputs = {"logits": logits}
     if crf is not None:
         probabilities = tf.cast(crf(images_rgb, full), tf.float32)
