@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_MAX_SIDE",
     "DEFAULT_MAX_PIXELS",
     "ImageReadError",
+    "ModelOutputError",
     "read_image",
     "Predictor",
     "load_predictor",
@@ -66,9 +67,10 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                     ".ppm", ".pgm", ".pnm")
-# Inference resolution cap. DeepLab was trained on ~500 px VOC images; 2048 keeps the
-# largest activations of the full VGG model around 1 GB.
-DEFAULT_MAX_SIDE = 2048
+# Inference resolution cap (long side). DeepLab is trained on ~500 px VOC images, so
+# objects in much larger photos are at scales it never saw; 1024 also bounds the
+# full-width VGG16 conv1 activations to 256 MB and CPU time to seconds per image.
+DEFAULT_MAX_SIDE = 1024
 # Decoding refuses images above this many pixels (an RGB 10000x10000 is 300 MB, a
 # 120 MP image 360 MB); anything bigger is almost certainly a mistake or a bomb.
 DEFAULT_MAX_PIXELS = 120_000_000
@@ -85,6 +87,10 @@ class ImageReadError(ValueError):
     def __init__(self, path, reason):
         self.path, self.reason = Path(path), reason
         super().__init__(f"{path}: {reason}")
+
+
+class ModelOutputError(ValueError):
+    """The model's output is unusable (NaN/Inf scores); names the model."""
 
 
 # --------------------------------------------------------------------------- #
@@ -247,11 +253,21 @@ class Predictor:
         if out.ndim != 3 or out.shape[-1] != self.num_classes:
             raise ValueError(f"Model {self.path} returned scores of shape {out.shape}; "
                              f"expected [h, w, {self.num_classes}]")
+        if not np.isfinite(out).all():
+            # argmax of NaN is 0 everywhere: a silently all-background result.
+            raise ModelOutputError(
+                f"Model {self.path} produced NaN/Inf scores "
+                f"({int((~np.isfinite(out)).sum())} of {out.size} values); the checkpoint "
+                "is probably from a diverged training run.")
         return _resize_scores(out, np.shape(image)[:2])
 
     def labels(self, image):
-        """Label map for one image: uint8 [H, W] class ids (argmax of the scores)."""
-        if self.labels_fn is None:
+        """Label map for one image: uint8 [H, W] class ids (argmax of the scores).
+
+        Models with the CRF in their graph (or with labels only) return their
+        own labels; otherwise the argmax of `scores`, which also checks them.
+        """
+        if self.logits_fn is not None and not (self.has_crf and self.labels_fn):
             return np.argmax(self.scores(image), axis=-1).astype(np.uint8)
         h, w = np.shape(image)[:2]
         labels = np.asarray(self.labels_fn(self._fit(image))).astype(np.uint8)
@@ -645,13 +661,10 @@ def _prepare_output_dir(output_dir, overlays):
 def _save_jpeg(rgb, path, quality=90):
     from PIL import Image
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.jpg", dir=path.parent)
-    os.close(fd)
-    try:
+    from deeplab_keras.viz import atomic_path
+
+    with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="JPEG", quality=quality)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -23,10 +23,11 @@ Example:
   [0, 0, 0]
 """
 
+import contextlib
 import csv
 import math
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "read_training_log",
     "plot_training_curves",
     "save_figure",
+    "atomic_path",
 ]
 
 
@@ -93,15 +95,27 @@ def _as_palette(palette):
     return full
 
 
-def _atomic_target(path):
-    """A temporary file next to `path` (same filesystem, so `os.replace` is atomic)."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; rename it to `path` on success.
+
+    Writers save to the temporary name (same folder, so `os.replace` is atomic);
+    an exception or a kill leaves any previous file at `path` untouched and no
+    partial file under that name. New files get the usual umask permissions.
+
+    Example:
+      >>> with atomic_path("out/fig.png") as tmp:
+      ...     fig.savefig(tmp, format="png")
+    """
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"Output directory does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                               dir=path.parent)
-    os.close(fd)
-    return path, Path(tmp)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -191,12 +205,9 @@ def save_label_png(labels, path, palette=None):
       The `Path` written.
     """
     image = label_image(labels, palette)
-    path, tmp = _atomic_target(path)
-    try:
-        image.save(tmp, format="PNG", optimize=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 
@@ -212,13 +223,10 @@ def _new_figure(figsize):
 
 def save_figure(fig, path, *, dpi=100):
     """Save a matplotlib figure to `path` atomically (PNG, PDF, SVG by suffix)."""
-    path, tmp = _atomic_target(path)
+    path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
