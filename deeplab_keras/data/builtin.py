@@ -136,14 +136,14 @@ def ensure_builtin(root=None):
         # An older generator version: build the new one beside it, then swap.
         fresh = root.with_name(f".{root.name}.v{VERSION}-{os.getpid()}")
         shutil.rmtree(fresh, ignore_errors=True)
-        generate(fresh)
+        generate(fresh, num_train=NUM_TRAIN, num_val=NUM_VAL)
         stale = root.with_name(f".{root.name}.stale-{os.getpid()}")
         os.replace(root, stale)
         os.replace(fresh, root)
         shutil.rmtree(stale, ignore_errors=True)
         return root
     try:
-        generate(root)
+        generate(root, num_train=NUM_TRAIN, num_val=NUM_VAL)
     except OSError:
         # Another process may have finished first; its copy is as good as ours.
         if _read_info(root) is None:

@@ -129,11 +129,28 @@ def inspect_image(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     return h, w
 
 
+def _palette_rgb(im):
+    """The palette of a "P" image as uint8 [N, 3], read without decoding pixels.
+
+    (`Image.getpalette()` loads the whole image first; the PNG reader already
+    holds the raw PLTE chunk after `Image.open`.)
+    """
+    pal = getattr(im, "palette", None)
+    data = None
+    if pal is not None and pal.mode == "RGB" and getattr(pal, "rawmode", None) in (
+            None, "RGB"):
+        data = pal.palette
+    if data is None:
+        data = im.getpalette()  # fallback: decodes the image
+        if data is None:
+            return None
+    return np.frombuffer(bytes(data), np.uint8)[: len(data) // 3 * 3].reshape(-1, 3)
+
+
 def _is_voc_palette(im):
-    pal = im.getpalette()  # flat RGB list, possibly shorter than 256 entries
+    pal = _palette_rgb(im)
     if pal is None:
         return False
-    pal = np.asarray(pal, np.uint8).reshape(-1, 3)
     n = min(len(pal), 256)
     return bool(np.array_equal(pal[:n], VOC_PALETTE[:n]))
 
@@ -176,30 +193,36 @@ def inspect_label(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         f"id) or RGB painted with the VOC colour map: {path}")
 
 
+def _colour_tables():
+    """Per-channel contribution of a value 0..255 to the inverted VOC id."""
+    v = np.arange(256)
+    tables = np.zeros((3, 256), np.int32)
+    for ch in range(3):
+        for j in range(8):
+            tables[ch] |= ((v >> (7 - j)) & 1) << (3 * j + ch)
+    return tables
+
+
+_COLOUR_TABLES = _colour_tables()
+
+
 def colours_to_ids(rgb):
     """Invert the VOC colour map: uint8 [..., 3] RGB -> int32 [...] ids.
 
-    The VOC map spreads bits of the id over the top bits of R, G and B, so the
-    inverse is a bit permutation; a colour outside the map gives an id >= 256.
-    Works on NumPy arrays and tf.Tensors.
+    The VOC map spreads the bits of the id over the top bits of R, G and B, so
+    the inverse is a bit permutation (three table look-ups OR-ed together); a
+    colour outside the map gives an id >= 256. Works on NumPy arrays and
+    tf.Tensors.
     """
+    t = _COLOUR_TABLES
     if isinstance(rgb, np.ndarray):
-        rgb = rgb.astype(np.int32)
-        out = np.zeros(rgb.shape[:-1], np.int32)
-        for j in range(8):
-            for ch in range(3):
-                out |= ((rgb[..., ch] >> (7 - j)) & 1) << (3 * j + ch)
-        return out
+        rgb = rgb.astype(np.intp)
+        return t[0][rgb[..., 0]] | t[1][rgb[..., 1]] | t[2][rgb[..., 2]]
     import tensorflow as tf
 
     rgb = tf.cast(rgb, tf.int32)
-    out = tf.zeros(tf.shape(rgb)[:-1], tf.int32)
-    for j in range(8):
-        for ch in range(3):
-            out = tf.bitwise.bitwise_or(out, tf.bitwise.left_shift(
-                tf.bitwise.bitwise_and(tf.bitwise.right_shift(rgb[..., ch], 7 - j), 1),
-                3 * j + ch))
-    return out
+    return (tf.gather(t[0], rgb[..., 0]) + tf.gather(t[1], rgb[..., 1])
+            + tf.gather(t[2], rgb[..., 2]))  # disjoint bits: + is OR
 
 
 def read_label(path):
