@@ -44,6 +44,7 @@ bits)), always returned as RGB uint8.
 
 import enum
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -73,7 +74,12 @@ def _open(path, what):
     if not os.path.isfile(path):
         raise DataError(f"{what} file not found: {path}")
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            # Sizes are checked against max_image_pixels by the caller.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{what} file is too large to decode safely ({e}): {path}") from e
     except UnidentifiedImageError as e:
         raise DataError(f"{what} file is not a readable image (not JPEG/PNG or "
                         f"corrupt header): {path}") from e

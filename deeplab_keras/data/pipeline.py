@@ -97,14 +97,15 @@ def augment(image, label, seed, crop_size=321, scale_range=(0.5, 1.5), flip=True
 
 
 def _pair(value, what):
+    pair = value
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value), int(value))
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
+        pair = (int(value), int(value))
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
             or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                       and v > 0 for v in value)):
+                       and v > 0 for v in pair)):
         raise ValueError(f"{what} must be a positive int or a pair of them. "
                          f"Received: {what}={value!r}")
-    return int(value[0]), int(value[1])
+    return int(pair[0]), int(pair[1])
 
 
 # ----------------------------------------------------------------------------
