@@ -31,7 +31,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from deeplab_keras.export.serving import fixed_size_function, normalize_size, resolve_crf
+from deeplab_keras.export.serving import (
+    fixed_size_function,
+    model_num_classes,
+    normalize_size,
+    resolve_crf,
+)
 
 TFLITE_QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
 FORBIDDEN_OPS = ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND")
@@ -116,7 +121,7 @@ def check_ops(op_names):
 
 
 def representative_images(size, num_images=DEFAULT_CALIBRATION_IMAGES, data_dir=None,
-                          split="train", seed=0):
+                          split="train", seed=0, num_classes=21):
     """Calibration images for full-integer quantization, from the data pipeline.
 
     Draws `num_images` random crops (random scale 0.5-1.5, crop, flip: the
@@ -129,6 +134,7 @@ def representative_images(size, num_images=DEFAULT_CALIBRATION_IMAGES, data_dir=
       data_dir: VOCdevkit directory (None: the built-in dataset).
       split: dataset split.
       seed: augmentation seed.
+      num_classes: label range the pipeline validates against.
 
     Returns:
       list of float32 [1, H, W, 3] RGB 0-255 arrays (the TFLite input format).
@@ -143,9 +149,8 @@ def representative_images(size, num_images=DEFAULT_CALIBRATION_IMAGES, data_dir=
         from deeplab_keras.data import builtin
 
         data_dir = builtin.ensure_builtin()
-    if h != w:
-        raise ValueError(f"Calibration crops are square; got size={size}. Pass representative_data.")
-    ds = make_dataset(data_dir, split, training=True, batch_size=1, crop_size=h, seed=seed)
+    ds = make_dataset(data_dir, split, training=True, batch_size=1, crop_size=(h, w), seed=seed,
+                      num_classes=num_classes)
     images = []
     for batch_images, _ in ds.take(num_images):
         rgb = np.clip(deprocess_images(batch_images.numpy()), 0.0, 255.0).astype(np.float32)
@@ -177,7 +182,8 @@ def convert_tflite(model, *, size=DEFAULT_SIZE, quantization="float32", crf=None
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization == "int8":
         if representative_data is None:
-            representative_data = representative_images(size, num_calibration_images)
+            representative_data = representative_images(
+                size, num_calibration_images, num_classes=max(21, model_num_classes(model)))
         samples = [np.asarray(x, np.float32) for x in representative_data]
         for x in samples:
             if x.shape != (1, *size, 3):
