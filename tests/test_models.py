@@ -188,7 +188,7 @@ def _bn_layers(model):
     return [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
 
 
-def _fit_two_steps(model):
+def _fit(model):
     # run_eagerly only skips the (slow, for ResNet-101) graph tracing: fit still
     # calls the layers with training=True, which is what frozen BN must ignore.
     model.compile(
@@ -198,7 +198,7 @@ def _fit_two_steps(model):
     )
     x = _images((4, 33, 33, 3), seed=3)
     y = np.random.default_rng(4).integers(0, 21, (4, 5, 5))
-    model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)  # one step
 
 
 def test_frozen_bn_keeps_moving_statistics_during_fit():
@@ -208,7 +208,7 @@ def test_frozen_bn_keeps_moving_statistics_during_fit():
     assert len(bns) == 104 and not any(l.trainable for l in bns)
     before = [[w.copy() for w in l.get_weights()] for l in bns]
     conv_before = model.get_layer("conv1_conv").get_weights()[0].copy()
-    _fit_two_steps(model)
+    _fit(model)
     for layer, old in zip(bns, before):
         for w_old, w_new in zip(old, layer.get_weights()):
             np.testing.assert_array_equal(w_old, w_new, err_msg=layer.name)
@@ -223,7 +223,7 @@ def test_unfrozen_bn_updates_moving_statistics_during_fit():
     model = build_model("resnet101_aspp", width_multiplier=SMALL, freeze_bn=False)
     layer = model.get_layer("conv1_bn")
     mean_before = layer.moving_mean.numpy().copy()
-    _fit_two_steps(model)
+    _fit(model)
     assert not np.allclose(mean_before, layer.moving_mean.numpy())
 
 
@@ -294,9 +294,9 @@ def test_msc_outputs_and_max_fusion_match_a_manual_computation(small_models):
 
 
 def test_build_model_msc_arguments():
-    model = build_model("resnet101_aspp", width_multiplier=SMALL, msc_scales=(1.0, 0.5),
+    model = build_model("vgg16_aspp_s", width_multiplier=SMALL, msc_scales=(1.0, 0.5),
                         msc_training_outputs=True)
-    assert model.name == "resnet101_aspp_msc"
+    assert model.name == "vgg16_aspp_s_msc"
     out = model(_images((1, 65, 65, 3)))
     assert {k: tuple(v.shape[1:3]) for k, v in out.items()} == {
         "fused": (9, 9), "scale_1.00": (9, 9), "scale_0.50": (5, 5)}
