@@ -40,6 +40,7 @@ __all__ = [
     "label_image",
     "save_label_png",
     "side_by_side",
+    "label_grid",
     "read_training_log",
     "plot_training_curves",
     "save_figure",
@@ -244,45 +245,43 @@ def _batch(x, name, as_fn):
     return [as_fn(item, name) for item in items]
 
 
-def side_by_side(images, predictions, crf_predictions=None, ground_truths=None, *,
-                 class_names=None, palette=None, style="labels", alpha=0.6,
-                 titles=None, legend=True, column_width=3.0):
-    """A figure: image | prediction | with CRF | ground truth, one row per image.
+def label_grid(images, columns, *, class_names=None, palette=None, style="labels",
+               alpha=0.6, titles=None, legend=True, column_width=3.0):
+    """A figure of label maps beside their images: one row per image, one column
+    per entry of `columns` (after an "image" column).
 
-    Columns for `crf_predictions` and `ground_truths` appear only when given.
-    Label maps are drawn in VOC colours (`style="labels"`) or blended onto the
-    image (`style="overlay"`); a legend lists the classes that occur.
+    The general form of `side_by_side`, for any set of label maps, e.g. the
+    masks of several export formats.
 
     Args:
-      images: RGB [H, W, 3] in 0-255, or a batch [B, H, W, 3] / list of them.
-      predictions: integer [H, W] (or [B, H, W] / list) argmax labels.
-      crf_predictions: optional labels after the dense CRF, same layout.
-      ground_truths: optional ground-truth labels (255 = ignore), same layout.
+      images: RGB [H, W, 3] in 0-255, or a batch [B, H, W, 3] / list of them
+        (images of different sizes: a list).
+      columns: dict column title -> label maps (integer [H, W], a batch
+        [B, H, W] or a list), one per image, each the size of its image.
       class_names: names for the legend (default: the 21 VOC classes).
       palette: optional [N, 3] colours (default: VOC).
-      style: "labels" or "overlay".
+      style: "labels" (colour maps) or "overlay" (colours blended on the image).
       alpha: overlay opacity (style "overlay").
-      titles: optional list of row titles (e.g. file names).
-      legend: draw the class legend.
+      titles: optional row titles (e.g. file names).
+      legend: draw a legend of the classes that occur.
       column_width: inches per column.
 
     Returns:
-      A `matplotlib.figure.Figure` (save it with `save_figure`; in a notebook
-      it displays as the cell's value).
+      A `matplotlib.figure.Figure`.
 
     Example:
-      >>> fig = side_by_side(image, pred, crf_pred, gt, titles=["2007_000032"])
-      >>> save_figure(fig, "docs/figures/example.png")
+      >>> fig = label_grid(images, {"Keras": keras_labels, "TFLite": tflite_labels})
     """
     if style not in ("labels", "overlay"):
         raise ValueError(f'`style` must be "labels" or "overlay". Received: style={style!r}')
     images = _batch(images, "images", _as_image)
-    columns = [("prediction", _batch(predictions, "predictions", _as_labels))]
-    if crf_predictions is not None:
-        columns.append(("with CRF", _batch(crf_predictions, "crf_predictions", _as_labels)))
-    if ground_truths is not None:
-        columns.append(("ground truth", _batch(ground_truths, "ground_truths", _as_labels)))
+    if not isinstance(columns, dict):
+        raise ValueError("`columns` must be a dict of column title -> label maps. "
+                         f"Received: {type(columns).__name__}")
+    columns = [(str(title), _batch(maps, title, _as_labels)) for title, maps in columns.items()]
     n = len(images)
+    if n == 0:
+        raise ValueError("`images` is empty.")
     for title, maps in columns:
         if len(maps) != n:
             raise ValueError(
@@ -335,6 +334,43 @@ def side_by_side(images, predictions, crf_predictions=None, ground_truths=None, 
         fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
                    ncols=min(len(handles), max(ncols * 2, 4)))
     return fig
+
+
+def side_by_side(images, predictions=None, crf_predictions=None, ground_truths=None, *,
+                 class_names=None, palette=None, style="labels", alpha=0.6,
+                 titles=None, legend=True, column_width=3.0):
+    """A figure: image | prediction | with CRF | ground truth, one row per image.
+
+    Columns appear only for the label maps given, so `side_by_side(images,
+    ground_truths=labels)` shows a data batch. Label maps are drawn in VOC
+    colours (`style="labels"`) or blended onto the image (`style="overlay"`);
+    a legend lists the classes that occur (255 as "ignore").
+
+    Args:
+      images: RGB [H, W, 3] in 0-255, or a batch [B, H, W, 3] / list of them.
+      predictions: integer [H, W] (or [B, H, W] / list) argmax labels.
+      crf_predictions: labels after the dense CRF, same layout.
+      ground_truths: ground-truth labels (255 = ignore), same layout.
+      class_names, palette, style, alpha, titles, legend, column_width: see
+        `label_grid`.
+
+    Returns:
+      A `matplotlib.figure.Figure` (save it with `save_figure`; in a notebook
+      it displays as the cell's value).
+
+    Example:
+      >>> fig = side_by_side(image, pred, crf_pred, gt, titles=["2007_000032"])
+      >>> save_figure(fig, "docs/figures/example.png")
+    """
+    columns = {}
+    for title, maps in (("prediction", predictions), ("with CRF", crf_predictions),
+                        ("ground truth", ground_truths)):
+        if maps is not None:
+            columns[title] = maps
+    if not columns:
+        raise ValueError("Give at least one of predictions, crf_predictions, ground_truths.")
+    return label_grid(images, columns, class_names=class_names, palette=palette, style=style,
+                      alpha=alpha, titles=titles, legend=legend, column_width=column_width)
 
 
 def read_training_log(csv_path):

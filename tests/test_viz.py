@@ -112,6 +112,26 @@ class TestFigures:
                                       viz.overlay(_image(), _labels(), alpha=0.6))
         assert not fig.legends
 
+    def test_label_grid_any_columns_and_images_of_different_sizes(self):
+        images = [_image(24, 32, seed=1), _image(20, 30, seed=2)]
+        maps = [_labels(24, 32, seed=3), _labels(20, 30, seed=4)]
+        fig = viz.label_grid(images, {"Keras": maps, "TFLite": maps, "ONNX": maps},
+                             legend=False)
+        axes = fig.get_axes()
+        assert [ax.get_title() for ax in axes[:4]] == ["image", "Keras", "TFLite", "ONNX"]
+        np.testing.assert_array_equal(axes[7].get_images()[0].get_array(),
+                                      VOC_PALETTE[maps[1]])
+        with pytest.raises(ValueError, match="must be a dict"):
+            viz.label_grid(images, maps)
+
+    def test_side_by_side_ground_truth_only_shows_a_data_batch(self):
+        fig = viz.side_by_side(_image(), ground_truths=_labels(), class_names=["bg"])
+        assert [ax.get_title() for ax in fig.get_axes()] == ["image", "ground truth"]
+        names = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert names[0] == "bg" and names[1] == "class 1" and names[-1] == "ignore"
+        with pytest.raises(ValueError, match="at least one"):
+            viz.side_by_side(_image())
+
     def test_side_by_side_rejects_mismatches(self):
         with pytest.raises(ValueError, match="does not match image shape"):
             viz.side_by_side(_image(), _labels(h=10))
