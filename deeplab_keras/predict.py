@@ -20,7 +20,10 @@ Image handling (documented behaviour, tested in tests/reliability/test_predict.p
 
 - grayscale, palette, RGBA / LA (alpha ignored, as `tf.io.decode_png(channels=3)`
   does), CMYK JPEG and 16-bit PNG (scaled to 8 bit) are converted to RGB;
-- EXIF orientation is applied, so outputs match the image as viewers show it;
+- EXIF orientation is applied, so outputs match the image as viewers show it
+  (`exif_transpose=False` / `--ignore-exif` uses the stored pixel order instead,
+  as the training and evaluation readers do, for images whose labels were drawn
+  on the stored pixels);
 - images larger than `max_side` pixels on their long side are downscaled (aspect
   kept) for inference; the label PNG is scaled back to the original size by
   nearest neighbour (labels are never interpolated); overlays stay at the
@@ -112,7 +115,7 @@ def _to_rgb(img, path):
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _open_image(path, max_pixels, max_side=None):
+def _open_image(path, max_pixels, max_side=None, exif_transpose=True):
     """Decode `path`; returns (uint8 [h, w, 3] RGB, original (H, W)).
 
     When `max_side` is given the returned image is at most that long on its long
@@ -133,14 +136,15 @@ def _open_image(path, max_pixels, max_side=None):
                                          f"the limit max_pixels={max_pixels}; downscale it first")
                 if w < 1 or h < 1:
                     raise ImageReadError(path, f"image has no pixels ({w}x{h})")
-                orientation = img.getexif().get(0x0112, 1)
+                orientation = img.getexif().get(0x0112, 1) if exif_transpose else 1
                 swap = orientation in (5, 6, 7, 8)
                 orig_hw = (w, h) if swap else (h, w)
                 if max_side and img.format == "JPEG" and max(w, h) > max_side:
                     scale = max_side / max(w, h)
                     img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                if exif_transpose:
+                    img = ImageOps.exif_transpose(img)
                 rgb = _to_rgb(img, path)
     except ImageReadError:
         raise
@@ -157,15 +161,16 @@ def _open_image(path, max_pixels, max_side=None):
     return rgb, orig_hw
 
 
-def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS):
+def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS, exif_transpose=True):
     """Read an image file as RGB uint8 at full resolution.
 
     Args:
       path: image file (any format PIL reads).
       max_pixels: refuse images with more pixels than this.
+      exif_transpose: apply the EXIF orientation tag (as image viewers do).
 
     Returns:
-      uint8 [H, W, 3] RGB, EXIF orientation applied.
+      uint8 [H, W, 3] RGB.
 
     Raises:
       FileNotFoundError: `path` does not exist.
@@ -175,7 +180,7 @@ def read_image(path, *, max_pixels=DEFAULT_MAX_PIXELS):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Image not found: {path}")
-    return _open_image(path, max_pixels)[0]
+    return _open_image(path, max_pixels, exif_transpose=exif_transpose)[0]
 
 
 def _fit_within(hw, max_side):
@@ -670,7 +675,7 @@ def _save_jpeg(rgb, path, quality=90):
 
 def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None,
                   overlays=True, alpha=0.5, max_side=DEFAULT_MAX_SIDE,
-                  max_pixels=DEFAULT_MAX_PIXELS, verbose=True):
+                  max_pixels=DEFAULT_MAX_PIXELS, exif_transpose=True, verbose=True):
     """Segment image files and write label PNGs and overlays.
 
     Args:
@@ -687,6 +692,8 @@ def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None
       max_side: images longer than this are downscaled for inference (labels
         are written back at the original size by nearest neighbour).
       max_pixels: images with more pixels are refused (reported, skipped).
+      exif_transpose: apply EXIF orientation (False: stored pixel order, as
+        the training / evaluation readers).
       verbose: print a progress bar and the summary.
 
     Returns:
@@ -728,7 +735,7 @@ def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None
     written, failed = [], []
     for i, (src, stem) in enumerate(zip(files, _output_names(files))):
         try:
-            image, orig_hw = _open_image(src, max_pixels, max_side)
+            image, orig_hw = _open_image(src, max_pixels, max_side, exif_transpose)
             labels = predict_image(predictor, image, crf=crf_layer)
             full = labels
             if labels.shape != orig_hw:
@@ -779,6 +786,9 @@ def main(argv=None):
                         help=f"downscale longer images for inference ({DEFAULT_MAX_SIDE})")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"refuse images with more pixels ({DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--ignore-exif", action="store_true",
+                        help="do not apply EXIF orientation (use the stored pixel order, "
+                             "like the training and evaluation readers)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -786,7 +796,8 @@ def main(argv=None):
         summary = predict_paths(
             args.inputs, args.model, args.output_dir, crf=args.crf,
             num_classes=args.num_classes, overlays=not args.no_overlays, alpha=args.alpha,
-            max_side=args.max_side, max_pixels=args.max_pixels, verbose=not args.quiet)
+            max_side=args.max_side, max_pixels=args.max_pixels,
+            exif_transpose=not args.ignore_exif, verbose=not args.quiet)
     except (ValueError, OSError, ImportError) as e:
         print(f"deeplab-predict: error: {e}", file=sys.stderr)
         return 2

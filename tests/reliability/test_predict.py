@@ -188,6 +188,14 @@ class TestImages:
         predict_paths(tmp_path / "rot.jpg", model_path, tmp_path / "out", verbose=False)
         labels = _labels_of(tmp_path / "out", "rot")
         np.testing.assert_array_equal(labels, predict_image(predictor, upright))
+        # --ignore-exif: the stored pixel order, as the training / evaluation readers.
+        assert main([str(tmp_path / "rot.jpg"), "-m", str(model_path), "-q",
+                     "-o", str(tmp_path / "raw"), "--ignore-exif"]) == 0
+        raw = _labels_of(tmp_path / "raw", "rot")
+        assert raw.shape == (24, 40)
+        with Image.open(tmp_path / "rot.jpg") as im:
+            stored_decoded = np.asarray(im.convert("RGB"))
+        np.testing.assert_array_equal(raw, predict_image(predictor, stored_decoded))
 
 
 class TestPaths:
