@@ -5,8 +5,8 @@ that matches pydensecrf, with standard TF ops only, so the CRF trains, serves
 and exports (TFLite builtins, ONNX) together with the model.
 """
 
-from deeplab_keras.crf.dense_crf import DenseCRF, dense_crf
+from deeplab_keras.crf.dense_crf import DenseCRF, dense_crf, portable_ops
 from deeplab_keras.crf.gaussian import spatial_filter
-from deeplab_keras.crf.permutohedral import Lattice, build_lattice, lattice_filter
+from deeplab_keras.crf.permutohedral import Lattice, build_lattice, lattice_filter, scale_lattice
 
-__all__ = ["DenseCRF", "dense_crf", "spatial_filter", "Lattice", "build_lattice", "lattice_filter"]
+__all__ = ["DenseCRF", "dense_crf", "portable_ops", "spatial_filter", "Lattice", "build_lattice", "lattice_filter", "scale_lattice"]

@@ -21,15 +21,17 @@ differentiates with respect to the logits, and converts to TFLite builtins and
 ONNX (at a fixed input size).
 """
 
+import contextlib
 import math
 import numbers
+import threading
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from deeplab_keras.crf.gaussian import spatial_filter
-from deeplab_keras.crf.permutohedral import build_lattice, lattice_filter
+from deeplab_keras.crf.permutohedral import IMPLEMENTATIONS, build_lattice, lattice_filter, scale_lattice
 
 # pydensecrf adds 1e-20 before the inverse square root of the kernel's row sums.
 _NORM_EPS = 1e-20
@@ -49,6 +51,37 @@ def _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
         if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                 or not math.isfinite(value) or value <= 0):
             raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
+
+
+_PORTABLE_DEPTH = threading.local()
+
+
+@contextlib.contextmanager
+def portable_ops():
+    """Within this context, CRFs with implementation="auto" trace portable ops.
+
+    Use it around the tracing for TFLite or ONNX conversion (the converters
+    know no SparseTensorDenseMatMul):
+
+        with deeplab_keras.crf.portable_ops():
+            concrete = tf.function(model).get_concrete_function(spec)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    """
+    _PORTABLE_DEPTH.value = getattr(_PORTABLE_DEPTH, "value", 0) + 1
+    try:
+        yield
+    finally:
+        _PORTABLE_DEPTH.value -= 1
+
+
+def _resolve_implementation(implementation):
+    if implementation == "auto":
+        return "portable" if getattr(_PORTABLE_DEPTH, "value", 0) > 0 else "sparse"
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`implementation` must be 'auto' or one of {IMPLEMENTATIONS}. "
+            f"Received: implementation={implementation!r}")
+    return implementation
 
 
 def _check_shapes(images, logits):
@@ -110,7 +143,8 @@ def _bilateral_features(images, bilateral_spatial_sigma, bilateral_color_sigma):
 
 
 def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1.0,
-              bilateral_weight=4.0, bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0):
+              bilateral_weight=4.0, bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0,
+              implementation="auto"):
     """Mean-field inference in the fully connected CRF, matching pydensecrf.
 
     Equivalent pydensecrf calls, per image (the reference, up to float32
@@ -140,6 +174,12 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
         bilateral_weight: w1, weight of the appearance kernel (>= 0).
         bilateral_spatial_sigma: sigma_alpha in pixels (> 0).
         bilateral_color_sigma: sigma_beta in RGB units (> 0).
+        implementation: "sparse" applies the lattice with
+            `tf.sparse.sparse_dense_matmul` (fastest in TensorFlow, CPU and
+            GPU, but SparseTensorDenseMatMul has no TFLite builtin and no ONNX
+            conversion); "portable" uses gather / scatter-add only and
+            converts to TFLite builtins and ONNX; "auto" is "portable" inside
+            `portable_ops()` and "sparse" otherwise. Both give the same numbers.
 
     Returns:
         float32 [B, H, W, C] marginals Q (sum to 1 over C); argmax gives labels.
@@ -160,6 +200,7 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
     """
     _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
                   bilateral_spatial_sigma, bilateral_color_sigma)
+    implementation = _resolve_implementation(implementation)
     images = tf.convert_to_tensor(images)
     logits = tf.convert_to_tensor(logits)
     _check_shapes(images, logits)
@@ -187,29 +228,28 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
     flat = tf.stack([-1, num_classes])
     if bilateral_weight > 0:
         features = _bilateral_features(images, bilateral_spatial_sigma, bilateral_color_sigma)
-        batch = images.shape[0]
         image_ids = None
-        if batch != 1:
+        if images.shape[0] != 1:
             pixels = shape[1] * shape[2]
             image_ids = tf.reshape(
                 tf.broadcast_to(tf.range(shape[0])[:, None], tf.stack([shape[0], pixels])), [-1])
-        lattice = build_lattice(features, image_ids)
+        lattice = build_lattice(features, image_ids, implementation=implementation)
         ones = tf.ones(tf.stack([tf.shape(features)[0], 1]), tf.float32)
-        bilateral_norm = tf.math.rsqrt(lattice_filter(lattice, ones) + _NORM_EPS)  # [P, 1]
+        norm = tf.math.rsqrt(lattice_filter(lattice, ones) + _NORM_EPS)  # [P, 1]
+        # w1 D^-1/2 K D^-1/2 as one operator.
+        bilateral = scale_lattice(lattice, pre_scale=norm, post_scale=np.float32(bilateral_weight) * norm)
     if spatial_weight > 0:
         ones = tf.ones(tf.stack([1, shape[1], shape[2], 1]), tf.float32)
         spatial_norm = tf.math.rsqrt(spatial_filter(ones, spatial_sigma) + _NORM_EPS)  # [1, H, W, 1]
+        spatial_post = np.float32(spatial_weight) * spatial_norm
 
     for _ in range(iterations):
-        energy = unary
+        terms = [unary]
         if spatial_weight > 0:
-            message = spatial_norm * spatial_filter(q * spatial_norm, spatial_sigma)
-            energy = energy + np.float32(spatial_weight) * message
+            terms.append(spatial_post * spatial_filter(q * spatial_norm, spatial_sigma))
         if bilateral_weight > 0:
-            q_flat = tf.reshape(q, flat)
-            message = bilateral_norm * lattice_filter(lattice, q_flat * bilateral_norm)
-            energy = energy + tf.reshape(np.float32(bilateral_weight) * message, shape)
-        q = tf.nn.softmax(energy, axis=-1)
+            terms.append(tf.reshape(lattice_filter(bilateral, tf.reshape(q, flat)), shape))
+        q = tf.nn.softmax(tf.add_n(terms), axis=-1)
     return q
 
 
@@ -230,10 +270,12 @@ class DenseCRF(keras.layers.Layer):
     """
 
     def __init__(self, iterations=10, spatial_weight=3.0, spatial_sigma=1.0, bilateral_weight=4.0,
-                 bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0, **kwargs):
+                 bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0, implementation="auto", **kwargs):
         _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
                       bilateral_spatial_sigma, bilateral_color_sigma)
+        _resolve_implementation(implementation)
         super().__init__(**kwargs)
+        self.implementation = implementation
         self.iterations = int(iterations)
         self.spatial_weight = float(spatial_weight)
         self.spatial_sigma = float(spatial_sigma)
@@ -250,6 +292,7 @@ class DenseCRF(keras.layers.Layer):
             bilateral_weight=self.bilateral_weight,
             bilateral_spatial_sigma=self.bilateral_spatial_sigma,
             bilateral_color_sigma=self.bilateral_color_sigma,
+            implementation=self.implementation,
         )
 
     def compute_output_shape(self, images_shape, logits_shape):
@@ -264,5 +307,6 @@ class DenseCRF(keras.layers.Layer):
             bilateral_weight=self.bilateral_weight,
             bilateral_spatial_sigma=self.bilateral_spatial_sigma,
             bilateral_color_sigma=self.bilateral_color_sigma,
+            implementation=self.implementation,
         )
         return config

@@ -21,7 +21,7 @@ Every op is chosen so the graph converts to TFLite builtins and to ONNX:
   keys followed by the neighbours' keys: `tf.unique` keeps the order of first
   occurrence (TF, TFLite and ONNX `sorted=0` all document this), so a neighbour
   exists iff its index is below the number of lattice points;
-* the splat is `tf.tensor_scatter_nd_add` (TFLite SCATTER_ND, ONNX ScatterND
+* the portable splat is `tf.tensor_scatter_nd_add` (TFLite SCATTER_ND, ONNX ScatterND
   with reduction="add"), not `unsorted_segment_sum`, which tf2onnx lowers to a
   sort plus a dense [points x max-count] grid.
 
@@ -47,12 +47,30 @@ class Lattice(NamedTuple):
             neighbours of each lattice point; index M is an always-zero row
             that stands for "no neighbour".
         num_points: int32 scalar, M, the number of occupied lattice points.
+        splat_matrix: `tf.SparseTensor` [P, M] holding `weights * pre_scale`
+            at (point, offset), or None. Set for the "sparse" implementation,
+            which applies splat, blur and slice as sparse-dense matmuls.
+        slice_matrix: `tf.SparseTensor` [P, M] holding
+            `weights * alpha * post_scale`, or None.
+        blur_matrices: list of d + 1 `tf.SparseTensor` [M, M] (0.5 at each
+            existing neighbour), or None.
+        pre_scale: float32 [P, 1] or None: the filter is
+            post_scale * K (pre_scale * values) (see `scale_lattice`).
+        post_scale: float32 [P, 1] or None.
     """
 
     offsets: tf.Tensor
     weights: tf.Tensor
     neighbours: tf.Tensor
     num_points: tf.Tensor
+    splat_matrix: object = None
+    slice_matrix: object = None
+    blur_matrices: object = None
+    pre_scale: object = None
+    post_scale: object = None
+
+
+IMPLEMENTATIONS = ("sparse", "portable")
 
 
 def _scale_factors(d):
@@ -134,15 +152,52 @@ def _vertex_keys(rem0, rank, d):
     return rem0_d + remainders - dp1 * tf.cast(rank_d > np.float32(d) - remainders, tf.float32)
 
 
-def build_lattice(features, image_ids=None):
+def _key_hash(keys, image_ids, d):
+    """Injective int64 hash of the integer vertex keys [P, d+1, d] -> [P, d+1].
+
+    Mixed radix over the bounding box of the keys widened by d + 1 on each
+    side, so that the blur neighbours (each coordinate moves by 1 or d) of any
+    occupied point hash injectively too and can be found by adding a constant.
+    Returns the hash and the per-direction constants (int64 scalars).
+    """
+    margin = np.float32(d + 1)
+    lo = tf.reduce_min(keys, axis=[0, 1]) - margin  # [d]
+    hi = tf.reduce_max(keys, axis=[0, 1]) + margin
+    extent = tf.cast(hi - lo + 1.0, tf.int64)
+    shifted = tf.cast(keys - lo, tf.int64)  # [P, d+1, d], >= 0
+    strides = []
+    stride = tf.constant(1, tf.int64)
+    key_hash = tf.zeros_like(shifted[:, :, 0])
+    for i in range(d):
+        strides.append(stride)
+        key_hash = key_hash + shifted[:, :, i] * stride
+        stride = stride * extent[i]
+    if image_ids is not None:
+        key_hash = key_hash + tf.cast(image_ids, tf.int64)[:, None] * stride
+    # Blur neighbour along direction j: every coordinate -1, coordinate j + d
+    # (for j = d the implicit last coordinate is the one that moves by d).
+    deltas = []
+    for j in range(d + 1):
+        delta = tf.constant(0, tf.int64)
+        for i in range(d):
+            delta = delta + (np.int64(d) if i == j else np.int64(-1)) * strides[i]
+        deltas.append(delta)
+    return key_hash, deltas
+
+
+def build_lattice(features, image_ids=None, implementation="sparse"):
     """Builds the permutohedral lattice structure for a set of feature points.
 
     Args:
         features: float32 [P, d], each point's features already divided by
             their Gaussian sigmas (the kernel is exp(-1/2 |f_i - f_j|^2)).
             d must be static.
-        image_ids: optional int32 [P], which image each point belongs to;
+        image_ids: optional int [P], which image each point belongs to;
             points of different images never interact.
+        implementation: "sparse" also builds the sparse splat/blur matrices
+            (`tf.sparse.sparse_dense_matmul`, several times faster in
+            TensorFlow); "portable" only uses ops that convert to TFLite
+            builtins and ONNX (gather, scatter-add).
 
     Returns:
         A `Lattice`.
@@ -153,62 +208,102 @@ def build_lattice(features, image_ids=None):
         >>> lattice_filter(lattice, tf.ones([100, 1])).shape
         TensorShape([100, 1])
     """
-    d = features.shape[-1]
-    if d is None:
-        raise ValueError(f"The feature dimension must be static. Received: features.shape={features.shape}")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}. Received: implementation={implementation!r}")
     features = tf.convert_to_tensor(features, tf.float32)
+    d = features.shape[-1]
+    if features.shape.rank != 2 or d is None:
+        raise ValueError(f"`features` must be [P, d] with a static d. Received: features.shape={features.shape}")
     num_input = tf.shape(features)[0]
 
     elevated = _elevate(features, d)
     rem0, rank, weights = _enclosing_simplex(elevated, d)
     keys = _vertex_keys(rem0, rank, d)  # [P, d+1, d]
-
-    # Mixed-radix int64 hash over a box with a margin of d + 1 on each side,
-    # so that the blur neighbours (every coordinate moves by 1 or d) of any
-    # occupied point still hash injectively.
-    margin = np.float32(d + 1)
-    lo = tf.reduce_min(keys, axis=[0, 1]) - margin  # [d]
-    hi = tf.reduce_max(keys, axis=[0, 1]) + margin
-    extent = tf.cast(hi - lo + 1.0, tf.int64)  # [d]
-    shifted = tf.cast(keys - lo, tf.int64)  # [P, d+1, d], >= 0
-    strides = []
-    stride = tf.constant(1, tf.int64)
-    key_hash = tf.zeros_like(shifted[:, :, 0])
-    for i in range(d):
-        strides.append(stride)
-        key_hash = key_hash + shifted[:, :, i] * stride
-        stride = stride * extent[i]
-    if image_ids is not None:
-        image_ids = tf.cast(image_ids, tf.int64)
-        key_hash = key_hash + image_ids[:, None] * stride
+    key_hash, deltas = _key_hash(keys, image_ids, d)  # [P, d+1]
 
     points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
     num_points = tf.shape(points)[0]
-    offsets = tf.reshape(vertex_index, [num_input, d + 1])
+    offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
+    neighbours = _blur_neighbours(points, deltas, num_points, d)
+    lattice = Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points)
+    if implementation == "sparse":
+        splat = _splat_matrix(offsets, weights, num_points, d)
+        alpha = np.float32(1.0 / (1.0 + 2.0 ** (-d)))
+        lattice = lattice._replace(
+            splat_matrix=splat,
+            slice_matrix=splat.with_values(splat.values * alpha),
+            blur_matrices=_blur_matrices(neighbours, num_points, d),
+        )
+    return lattice
 
-    # Blur neighbours along direction j: every coordinate -1 (resp. +1) except
-    # coordinate j, which moves by +d (resp. -d). For j = d the implicit last
-    # coordinate is the one that moves, so all d stored coordinates move.
-    deltas = []
-    for j in range(d + 1):
-        delta = tf.constant(0, tf.int64)
-        for i in range(d):
-            delta = delta + (np.int64(d) if i == j else np.int64(-1)) * strides[i]
-        deltas.append(delta)
+
+def scale_lattice(lattice, pre_scale=None, post_scale=None):
+    """Returns a lattice whose filter is post_scale * K (pre_scale * values).
+
+    The CRF's normalised kernel D^-1/2 K D^-1/2 (times its weight) is applied
+    ten times; with the sparse implementation the diagonal scalings are folded
+    into the splat/slice matrices once, which saves two passes over [P, C]
+    per application.
+
+    Args:
+        lattice: a `Lattice`.
+        pre_scale, post_scale: float32 [P, 1] (or [P]), or None for 1.
+    """
+    def column(x):
+        return None if x is None else tf.reshape(tf.cast(x, tf.float32), [-1, 1])
+
+    pre, post = column(pre_scale), column(post_scale)
+    if lattice.splat_matrix is None:
+        return lattice._replace(pre_scale=pre, post_scale=post)
+    rows = lattice.splat_matrix.indices[:, 0]
+    splat, sliced = lattice.splat_matrix, lattice.slice_matrix
+    if pre is not None:
+        splat = splat.with_values(splat.values * tf.gather(pre[:, 0], rows))
+    if post is not None:
+        sliced = sliced.with_values(sliced.values * tf.gather(post[:, 0], rows))
+    return lattice._replace(splat_matrix=splat, slice_matrix=sliced)
+
+
+def _blur_neighbours(points, deltas, num_points, d):
+    """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists."""
     queries = [points] + [points + dj for dj in deltas] + [points - dj for dj in deltas]
     _, query_index = tf.unique(tf.concat(queries, axis=0))
-    # First-occurrence order: the lattice points keep their indices 0..M-1 and
-    # every key not in the lattice gets an index >= M.
-    found = tf.reshape(query_index[num_points:], [2, d + 1, num_points])
+    # tf.unique keeps the order of first occurrence (so do TFLite UNIQUE and
+    # ONNX Unique with sorted=0): the M lattice points keep indices 0..M-1 and
+    # every key outside the lattice gets an index >= M.
+    found = tf.reshape(query_index[num_points:], tf.stack([2, d + 1, num_points]))
     found = tf.where(found < num_points, found, num_points)
     found = tf.transpose(found, [1, 2, 0])  # [d+1, M, 2]
     sentinel = tf.fill(tf.stack([d + 1, 1, 2]), num_points)
-    neighbours = tf.concat([found, sentinel], axis=1)  # [d+1, M+1, 2]
-    return Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points)
+    return tf.concat([found, sentinel], axis=1)
+
+
+def _splat_matrix(offsets, weights, num_points, d):
+    num_input = tf.shape(offsets)[0]
+    rows = tf.reshape(tf.broadcast_to(tf.range(num_input)[:, None], tf.shape(offsets)), [-1])
+    indices = tf.cast(tf.stack([rows, tf.reshape(offsets, [-1])], axis=1), tf.int64)
+    shape = tf.cast(tf.stack([num_input, num_points]), tf.int64)
+    return tf.SparseTensor(indices, tf.reshape(weights, [-1]), shape)
+
+
+def _blur_matrices(neighbours, num_points, d):
+    rows = tf.broadcast_to(tf.range(num_points)[:, None], tf.stack([num_points, 2]))
+    shape = tf.cast(tf.stack([num_points, num_points]), tf.int64)
+    matrices = []
+    for j in range(d + 1):
+        cols = neighbours[j, :num_points]  # [M, 2]
+        exists = cols < num_points
+        indices = tf.stack([tf.boolean_mask(rows, exists), tf.boolean_mask(cols, exists)], axis=1)
+        values = tf.fill(tf.shape(indices)[:1], np.float32(0.5))
+        matrices.append(tf.SparseTensor(tf.cast(indices, tf.int64), values, shape))
+    return matrices
 
 
 def lattice_filter(lattice, values):
     """Applies the lattice Gaussian to per-point values (splat, blur, slice).
+
+    Uses the sparse matrices when the lattice has them, otherwise gathers and
+    scatter-adds (the portable form). Both give the same numbers.
 
     Args:
         lattice: a `Lattice` from `build_lattice`.
@@ -216,20 +311,31 @@ def lattice_filter(lattice, values):
 
     Returns:
         float32 [P, C]: sum_j k(f_i, f_j) values_j, approximated on the lattice
-        (the point itself included), scaled like the reference.
+        (the point itself included), with the reference's scaling.
     """
     d = lattice.offsets.shape[-1] - 1
+    if lattice.splat_matrix is not None:
+        grid = tf.sparse.sparse_dense_matmul(lattice.splat_matrix, values, adjoint_a=True)  # [M, C]
+        for blur in lattice.blur_matrices:
+            grid = grid + tf.sparse.sparse_dense_matmul(blur, grid)
+        return tf.sparse.sparse_dense_matmul(lattice.slice_matrix, grid)
+
+    # alpha = 1 / (1 + 2^-d) is the reference's correction of the blur's total
+    # mass.
+    alpha = np.float32(1.0 / (1.0 + 2.0 ** (-d)))
+    if lattice.pre_scale is not None:
+        values = values * lattice.pre_scale
     channels = tf.shape(values)[1]
     contrib = values[:, None, :] * lattice.weights[:, :, None]  # [P, d+1, C]
     grid = tf.zeros(tf.stack([lattice.num_points + 1, channels]), values.dtype)
     grid = tf.tensor_scatter_nd_add(
-        grid, tf.reshape(lattice.offsets, [-1, 1]), tf.reshape(contrib, tf.stack([-1, channels]))
-    )
+        grid, tf.reshape(lattice.offsets, [-1, 1]), tf.reshape(contrib, tf.stack([-1, channels])))
+    # Blur: [1 2 1] / 2 along each lattice direction; row M stays zero.
     for j in range(d + 1):
         pair = tf.gather(grid, lattice.neighbours[j])  # [M+1, 2, C]
         grid = grid + 0.5 * tf.reduce_sum(pair, axis=1)
-    # alpha corrects the lattice blur's total mass (the reference's "magic"
-    # constant 1 / (1 + 2^-d)).
-    alpha = np.float32(1.0 / (1.0 + 2.0 ** (-d)))
     sliced = tf.gather(grid, lattice.offsets)  # [P, d+1, C]
-    return tf.reduce_sum(sliced * (lattice.weights * alpha)[:, :, None], axis=1)
+    out = tf.reduce_sum(sliced * (lattice.weights * alpha)[:, :, None], axis=1)
+    if lattice.post_scale is not None:
+        out = out * lattice.post_scale
+    return out

@@ -1,0 +1,128 @@
+"""Benchmark: deeplab_keras.crf.dense_crf against pydensecrf.
+
+A generated 375x500 scene (piecewise-smooth colour regions, edges, noise),
+21 classes, coarse stride-8 logits, 10 mean-field iterations with the DeepLab
+v2 settings (w1=4, sa=67, sb=3, w2=3, sg=1). Both run in this process,
+alternating, `--repeats` times each after one warm-up; the script prints the
+median wall times, their ratio (ours / pydensecrf), label agreement, mean
+absolute probability difference and the peak resident memory each adds.
+
+    python benchmarks/crf_vs_pydensecrf.py [--repeats 7] [--implementation sparse]
+"""
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from deeplab_keras.crf import dense_crf  # noqa: E402
+from deeplab_keras.crf.testing import coarse_logits, make_scene, mean_iou, pydensecrf_inference  # noqa: E402
+
+SETTINGS = dict(iterations=10, spatial_weight=3.0, spatial_sigma=1.0, bilateral_weight=4.0,
+                bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0)
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples the process's resident set every millisecond while active."""
+
+    def __enter__(self):
+        self.start = _rss_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def added(self):
+        return self.peak - self.start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--implementation", default="sparse", choices=["sparse", "portable"])
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1. Received: {args.repeats}")
+
+    image, labels = make_scene(args.height, args.width, args.classes, seed=args.seed, num_shapes=24)
+    logits = coarse_logits(labels, args.classes, seed=args.seed + 1)
+    images_t = tf.constant(image[None])
+    logits_t = tf.constant(logits[None])
+
+    @tf.function(input_signature=[tf.TensorSpec([1, args.height, args.width, 3], tf.uint8),
+                                  tf.TensorSpec([1, args.height, args.width, args.classes], tf.float32)])
+    def ours(images, logits):
+        return dense_crf(images, logits, implementation=args.implementation, **SETTINGS)
+
+    def run_ours():
+        return ours(images_t, logits_t).numpy()[0]
+
+    def run_ref():
+        return pydensecrf_inference(image, logits, **SETTINGS)
+
+    # Warm-up (tracing) and the memory each adds at its first full run.
+    with PeakRSS() as mem_ours:
+        q_ours = run_ours()
+    with PeakRSS() as mem_ref:
+        q_ref = run_ref()
+    times_ours, times_ref = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        run_ours()
+        times_ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run_ref()
+        times_ref.append(time.perf_counter() - t0)
+    with PeakRSS() as mem_ours_steady:
+        run_ours()
+
+    med_ours, med_ref = statistics.median(times_ours), statistics.median(times_ref)
+    agree = float(np.mean(q_ours.argmax(-1) == q_ref.argmax(-1)))
+    unary_miou = mean_iou(logits.argmax(-1), labels, args.classes)
+    import resource
+
+    print(f"image {args.height}x{args.width}, {args.classes} classes, {SETTINGS['iterations']} iterations, "
+          f"implementation={args.implementation}, tf {tf.__version__}, "
+          f"threads intra={tf.config.threading.get_intra_op_parallelism_threads()} (0 = all cores), "
+          f"cpus={os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
+    print(f"ours        median {med_ours:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in times_ours)})")
+    print(f"pydensecrf  median {med_ref:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in times_ref)})")
+    print(f"ratio ours/pydensecrf {med_ours / med_ref:.2f}")
+    print(f"label agreement {agree * 100:.3f} %, mean |dQ| {np.abs(q_ours - q_ref).mean():.2e}, "
+          f"max |dQ| {np.abs(q_ours - q_ref).max():.3f}")
+    print(f"mIoU vs ground truth: unary {unary_miou * 100:.2f}, "
+          f"ours {mean_iou(q_ours.argmax(-1), labels, args.classes) * 100:.2f}, "
+          f"pydensecrf {mean_iou(q_ref.argmax(-1), labels, args.classes) * 100:.2f}")
+    print(f"peak RSS added: ours first run (incl. tracing) {mem_ours.added / 2**20:.0f} MiB, "
+          f"ours steady {mem_ours_steady.added / 2**20:.0f} MiB, pydensecrf {mem_ref.added / 2**20:.0f} MiB; "
+          f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
