@@ -16,7 +16,10 @@ _LAZY = {
     "augment": "deeplab_keras.data.pipeline",
     "list_examples": "deeplab_keras.data.voc",
     "read_split": "deeplab_keras.data.voc",
+    "scan_examples": "deeplab_keras.data.pipeline",
     "ensure_builtin": "deeplab_keras.data.builtin",
+    "DataError": "deeplab_keras.data.decode",
+    "SPLITS": "deeplab_keras.data.voc",
 }
 
 

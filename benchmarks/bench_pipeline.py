@@ -1,0 +1,137 @@
+"""Input pipeline throughput next to the LargeFOV training step rate.
+
+The goal (issue 4): the tf.data pipeline at crop 321 delivers at least 3x the
+images/s of a full-size vgg16_largefov training step on the same machine, so it
+is never the bottleneck.
+
+Measured:
+  1. built-in dataset generation (300 train + 100 val) time;
+  2. header pre-scan time per example;
+  3. pipeline images/s, training mode, crop 321, on the built-in dataset and
+     on VOC-sized synthetic JPEGs (500x375, the size of most VOC images);
+  4. training step images/s: vgg16_largefov (21 classes, full width), SGD +
+     stride-8 cross-entropy, random weights, on preprocessed 321x321 inputs.
+
+Usage:
+  python benchmarks/bench_pipeline.py                 # everything (a few minutes on 2 cores)
+  python benchmarks/bench_pipeline.py --skip-train    # pipeline only
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _pipeline_rate(data_dir, num_classes, batch_size, batches, warmup=3):
+    from deeplab_keras.data import make_dataset
+
+    ds = make_dataset(data_dir, "train", training=True, batch_size=batch_size,
+                      crop_size=321, num_classes=num_classes, seed=0, repeat=True)
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        images, _ = next(it)
+    images.numpy()
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def _voc_sized(root, count):
+    from deeplab_keras.data import synthetic
+
+    names = [f"2007_{i:06d}" for i in range(count)]
+    exs = synthetic.make_examples(names, seed=1, min_hw=(375, 500), max_hw=(375, 500),
+                                  num_classes=6)
+    synthetic.write_voc(root, exs, {"train": names, "val": names[:1], "trainval": names})
+    return root
+
+
+def _step_rate(batch_size, steps):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from deeplab_keras.models import build_model
+    from deeplab_keras.training.losses import segmentation_cross_entropy
+
+    model = build_model("vgg16_largefov", num_classes=21)
+    opt = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(0, 50, (batch_size, 321, 321, 3)).astype(np.float32))
+    y = tf.constant(rng.integers(0, 21, (batch_size, 321, 321)).astype(np.int32))
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = segmentation_cross_entropy(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    step(x, y).numpy()  # trace + first run
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(x, y).numpy()
+    return steps * batch_size / (time.perf_counter() - start), model.count_params()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--pipeline-batches", type=int, default=20)
+    p.add_argument("--voc-sized-images", type=int, default=60)
+    p.add_argument("--train-batch-size", type=int, default=2)
+    p.add_argument("--train-steps", type=int, default=3)
+    p.add_argument("--skip-train", action="store_true")
+    args = p.parse_args(argv)
+
+    import tensorflow as tf
+
+    from deeplab_keras.data import builtin, decode, voc
+
+    print(f"cpu cores: {os.cpu_count()}, tensorflow {tf.__version__}, "
+          f"load average at start: {os.getloadavg()[0]:.1f}")
+    tmp = tempfile.mkdtemp(prefix="bench_pipeline_")
+    try:
+        t = time.perf_counter()
+        root = builtin.generate(os.path.join(tmp, "builtin"), seed=0)
+        print(f"builtin generation ({builtin.NUM_TRAIN}+{builtin.NUM_VAL} images): "
+              f"{time.perf_counter() - t:.1f} s")
+
+        exs = voc.list_examples(root, "trainval")
+        t = time.perf_counter()
+        for e in exs:
+            decode.inspect_image(e.image_path)
+            decode.inspect_label(e.label_path)
+        print(f"header pre-scan: {(time.perf_counter() - t) / len(exs) * 1e3:.2f} ms/example")
+
+        rate = _pipeline_rate(root, builtin.NUM_CLASSES, args.batch_size,
+                              args.pipeline_batches)
+        print(f"pipeline, builtin (~200x150 JPEG), crop 321, batch {args.batch_size}: "
+              f"{rate:.1f} images/s")
+        vroot = _voc_sized(os.path.join(tmp, "vocsized"), args.voc_sized_images)
+        vrate = _pipeline_rate(vroot, 6, args.batch_size, args.pipeline_batches)
+        print(f"pipeline, VOC-sized (500x375 JPEG), crop 321, batch {args.batch_size}: "
+              f"{vrate:.1f} images/s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    if not args.skip_train:
+        srate, params = _step_rate(args.train_batch_size, args.train_steps)
+        print(f"train step vgg16_largefov ({params:,} params), 321x321, batch "
+              f"{args.train_batch_size}: {srate:.2f} images/s")
+        print(f"load average at end: {os.getloadavg()[0]:.1f}")
+        print(f"pipeline / step: builtin {rate / srate:.0f}x, VOC-sized {vrate / srate:.0f}x "
+              f"(goal >= 3x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
