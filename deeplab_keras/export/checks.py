@@ -58,13 +58,14 @@ def compare_outputs(reference, candidate):
     return result
 
 
-def reference_outputs(model, images, crf=None):
-    """The Keras/TF reference: the export graph run eagerly, image by image.
+def reference_outputs(model, images, crf=None, batch_size=16):
+    """The Keras/TF reference: the export graph run eagerly in TensorFlow.
 
     Args:
       model: DeepLab Keras model.
       images: float32 [N, H, W, 3] RGB 0-255.
       crf: None, True or a DenseCRF.
+      batch_size: images per call.
 
     Returns:
       dict of "labels" int32 [N, H, W] and "logits" float32 [N, h, w, C].
@@ -72,11 +73,12 @@ def reference_outputs(model, images, crf=None):
     from deeplab_keras.export.serving import predict_rgb, resolve_crf
 
     crf = resolve_crf(crf)
+    images = np.asarray(images, np.float32)
     outputs = {}
-    for image in np.asarray(images, np.float32):
-        for key, value in predict_rgb(model, image[None], crf).items():
-            outputs.setdefault(key, []).append(value.numpy()[0])
-    return {key: np.stack(values) for key, values in outputs.items()}
+    for start in range(0, len(images), batch_size):
+        for key, value in predict_rgb(model, images[start:start + batch_size], crf).items():
+            outputs.setdefault(key, []).append(value.numpy())
+    return {key: np.concatenate(values) for key, values in outputs.items()}
 
 
 def fit_to_size(image, label, size):

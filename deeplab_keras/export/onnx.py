@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplab_keras.export.serving import fixed_size_function, normalize_size, resolve_crf
+from deeplab_keras.export.serving import (
+    fixed_size_function,
+    normalize_size,
+    portable_tracing,
+    resolve_crf,
+)
 from deeplab_keras.export.tflite import DEFAULT_SIZE, write_bytes_atomic
 
 DEFAULT_OPSET = 17
@@ -30,9 +35,10 @@ def convert_onnx(model, *, size=DEFAULT_SIZE, crf=None, include_probabilities=Fa
         raise ValueError(f"opset must be an int >= 13. Received: opset={opset!r}")
     size = None if size is None else normalize_size(size)
     batch = 1 if size is not None else None
-    fn = fixed_size_function(model, size, resolve_crf(crf), include_probabilities, batch_size=batch)
-    spec = fn.input_signature
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    crf_layer = resolve_crf(crf)
+    fn = fixed_size_function(model, size, crf_layer, include_probabilities, batch_size=batch)
+    with portable_tracing(crf_layer):  # tf2onnx traces `fn` itself
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset)
     return resize_scales_to_sizes(proto)
 
 

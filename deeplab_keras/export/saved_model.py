@@ -77,8 +77,8 @@ def prepare_export_dir(export_dir, version, overwrite):
         raise NotADirectoryError(f"export_dir exists and is not a directory: {export_dir}")
     try:
         export_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"Cannot create export_dir {export_dir}: {e.strerror}") from e
+    except OSError as e:  # keep the class (PermissionError, FileNotFoundError, ...)
+        raise type(e)(e.errno, f"Cannot create export_dir {export_dir}: {e.strerror}") from e
     if not os.access(export_dir, os.W_OK | os.X_OK):
         raise PermissionError(f"export_dir is not writable: {export_dir}")
     _remove_stale_temporaries(export_dir)

@@ -68,6 +68,23 @@ def resolve_crf(crf):
     )
 
 
+def portable_tracing(crf):
+    """Context for tracing graphs for TFLite / ONNX.
+
+    The CRF's default lattice uses SparseTensorDenseMatMul (fastest in
+    TensorFlow, so the SavedModel keeps it), which neither converter knows;
+    inside `deeplab_keras.crf.portable_ops()` it traces gather/scatter ops
+    with the same numbers.
+    """
+    import contextlib
+
+    if crf is None:
+        return contextlib.nullcontext()
+    from deeplab_keras.crf import portable_ops
+
+    return portable_ops()
+
+
 def model_num_classes(model):
     """Number of classes C of a DeepLab model (the last axis of its logits)."""
     shape = model.output_shape

@@ -24,6 +24,7 @@ Quantizations (`TFLITE_QUANTIZATIONS`):
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from deeplab_keras.export.serving import (
     fixed_size_function,
     model_num_classes,
     normalize_size,
+    portable_tracing,
     resolve_crf,
 )
 
@@ -73,8 +75,8 @@ def write_bytes_atomic(path, data, overwrite=False):
         raise IsADirectoryError(f"Output path is a directory: {path}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"Cannot create directory {path.parent}: {e.strerror}") from e
+    except OSError as e:  # keep the class (PermissionError, FileNotFoundError, ...)
+        raise type(e)(e.errno, f"Cannot create directory {path.parent}: {e.strerror}") from e
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
@@ -83,7 +85,7 @@ def write_bytes_atomic(path, data, overwrite=False):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except PermissionError as e:
-        raise PermissionError(f"Output directory is not writable: {path.parent}") from e
+        raise PermissionError(e.errno, f"Output directory is not writable: {path.parent}") from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -170,7 +172,8 @@ def convert_tflite(model, *, size=DEFAULT_SIZE, quantization="float32", crf=None
         )
     size = normalize_size(size)
     crf_layer = resolve_crf(crf)
-    concrete = frozen_function(fixed_size_function(model, size, crf_layer, include_probabilities))
+    with portable_tracing(crf_layer):
+        concrete = frozen_function(fixed_size_function(model, size, crf_layer, include_probabilities))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module())
     # Builtins only: a graph needing Flex ops fails to convert instead of
     # producing a file that needs the full TF runtime on the device.
@@ -204,7 +207,17 @@ def convert_tflite(model, *, size=DEFAULT_SIZE, quantization="float32", crf=None
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
-    return converter.convert()
+    try:
+        return converter.convert()
+    except Exception as e:  # ConverterError: its message is pages of MLIR locations
+        message = str(e)
+        missing = re.findall(r"TF Select ops: ([^\n]+)", message)
+        if missing:
+            raise RuntimeError(
+                f"The graph needs ops that are not TFLite builtins: {missing[0].strip()}. "
+                "Only builtin ops are allowed (no Flex)."
+            ) from None
+        raise RuntimeError(f"TFLite conversion failed: {message.splitlines()[-1][:2000]}") from e
 
 
 def export_tflite(model, path, *, size=DEFAULT_SIZE, quantization="float32", crf=None,
