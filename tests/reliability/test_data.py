@@ -90,6 +90,24 @@ class TestImages:
         assert [n for *_, n in got] == ["ok"]
         assert "Skipped 1 of 2" in caplog.text and "cut.jpg" in caplog.text
 
+    def test_corrupt_jpeg_data_with_end_marker(self, tmp_path):
+        # Entropy-coded data damaged, end-of-image marker intact: the header
+        # pre-scan cannot see it (JPEG has no checksum).
+        # (A stray marker in the scan data makes libjpeg fail; plain bit flips
+        # may decode to wrong pixels, undetectable without a checksum.)
+        img = bytearray(synthetic.jpeg_bytes(_image(h=64, w=80)))
+        img[len(img) // 3: len(img) // 3 + 2] = b"\xff\x87"
+        lab = synthetic.palette_png_bytes(np.zeros((64, 80), np.uint8))
+        root = make_voc(tmp_path, {"ok": good(1), "bad": (bytes(img), lab)})
+        # Default: TensorFlow's decoder fails (its message does not name the file).
+        with pytest.raises(tf.errors.InvalidArgumentError, match="jpeg::Uncompress failed"):
+            eval_all(root)
+        # validate="full" finds it before training, by name.
+        with pytest.raises(DataError, match=r"corrupt or unreadable.*bad\.jpg"):
+            make_dataset(root, "train", training=True, batch_size=1, validate="full")
+        # on_error="skip" drops it.
+        assert [n for *_, n in eval_all(root, on_error="skip")] == ["ok"]
+
     def test_text_file_named_jpg(self, tmp_path):
         root = make_voc(tmp_path, {"txt": (b"just some notes\n" * 10, good()[1])})
         with pytest.raises(DataError, match=r"not a readable image.*txt\.jpg"):
@@ -259,6 +277,13 @@ class TestLabels:
         im.save(buf, format="PNG")
         root = make_voc(tmp_path, {"x": (good()[0], buf.getvalue())})
         with pytest.raises(DataError, match=r"mode .* not supported.*x\.png"):
+            make_dataset(root, "train", training=False, batch_size=1)
+
+    def test_corrupt_label_png_is_named(self, tmp_path):
+        lab = bytearray(_png(np.tile(np.arange(21, dtype=np.uint8), (30, 3)), "L"))
+        lab[60] ^= 0xFF  # inside IDAT: its CRC no longer matches
+        root = make_voc(tmp_path, {"c": (synthetic.jpeg_bytes(_image(h=30, w=63)), bytes(lab))})
+        with pytest.raises(DataError, match=r"Label PNG is corrupt.*c\.png"):
             make_dataset(root, "train", training=False, batch_size=1)
 
     def test_jpeg_label_rejected(self, tmp_path):
