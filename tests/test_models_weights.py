@@ -29,12 +29,15 @@ def write_legacy_weights(path, arrays):
 
 @pytest.fixture(scope="module")
 def vgg_top(tmp_path_factory):
-    """keras.applications.VGG16 with its fc top, saved with model.save (legacy .h5)."""
+    """keras.applications.VGG16 with its fc top, saved in both formats:
+    model.save (legacy .h5, read by name) and save_weights (Keras 3 .weights.h5)."""
     keras.utils.set_random_seed(11)
-    src = keras.applications.VGG16(weights=None, include_top=True)
-    path = tmp_path_factory.mktemp("vgg") / "vgg16_top.h5"
-    src.save(path)
-    return path, _arrays(src)
+    src = keras.applications.VGG16(weights=None, include_top=True, classes=10)
+    folder = tmp_path_factory.mktemp("vgg")
+    paths = {"legacy": folder / "vgg16_top.h5", "keras3": folder / "vgg16_top.weights.h5"}
+    src.save(paths["legacy"])
+    src.save_weights(paths["keras3"])
+    return paths, _arrays(src)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +64,10 @@ def _assert_backbone_equals(model, source_arrays):
     return layers
 
 
-@pytest.mark.parametrize("name", ["vgg16_largefov", "vgg16_aspp_l"])
-def test_vgg16_file_with_top_loads_convs_and_decimated_fc(vgg_top, name):
-    path, src = vgg_top
-    model = build_model(name, backbone_weights=str(path))
+@pytest.mark.parametrize("name,fmt", [("vgg16_largefov", "legacy"), ("vgg16_aspp_l", "keras3")])
+def test_vgg16_file_with_top_loads_convs_and_decimated_fc(vgg_top, name, fmt):
+    paths, src = vgg_top
+    model = build_model(name, backbone_weights=str(paths[fmt]))
     layers = _assert_backbone_equals(model, src)
     assert [l.name for l in layers] == [n for n in src if n.startswith("block")]  # all 13 convs
     k6, b6, k7, b7 = decimate_vgg_fc(*src["fc1"], *src["fc2"])

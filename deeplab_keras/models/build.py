@@ -8,7 +8,7 @@ import re
 import keras
 
 from deeplab_keras.models import heads
-from deeplab_keras.models.msc import wrap_msc
+from deeplab_keras.models.msc import check_scales, wrap_msc
 from deeplab_keras.models.registry import get_spec
 from deeplab_keras.models.resnet import resnet101_backbone
 from deeplab_keras.models.strides import OUTPUT_STRIDE
@@ -136,8 +136,6 @@ def build_model(
     shape = _check_args(num_classes, backbone_weights, input_shape, width_multiplier, freeze_bn,
                         dropout, msc_scales, msc_training_outputs, model_name)
     if msc_scales is not None:
-        from deeplab_keras.models.msc import check_scales
-
         check_scales(msc_scales)
         # The shared network sees several input sizes: leave its H, W free.
         base_shape = (None, None, 3)

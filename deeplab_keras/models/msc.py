@@ -66,6 +66,11 @@ def wrap_msc(model, scales=DEFAULT_SCALES, training_outputs=False, name=None):
     if not isinstance(model, keras.Model):
         raise ValueError(f"model must be a keras.Model. Received: model={model!r}")
     scales = check_scales(scales)
+    if tuple(model.input_shape[1:3]) != (None, None) and scales != (1.0,):
+        raise ValueError(
+            "wrap_msc feeds several input sizes to the model: build it with input_shape="
+            f"(None, None, 3). Received: model.input_shape={model.input_shape}"
+        )
     if not isinstance(training_outputs, bool):
         raise ValueError(f"training_outputs must be a bool. Received: training_outputs={training_outputs!r}")
     images = keras.Input(shape=model.input_shape[1:], name="images")

@@ -92,7 +92,6 @@ class TestPaths:
         with pytest.raises(ValueError, match="other.h5"):
             build_model("vgg16_largefov", backbone_weights=path)
 
-    @pytest.mark.filterwarnings("ignore:Skipping nested container")
     def test_weights_of_the_other_backbone_name_the_file(self, vgg_notop_keras3):
         path, _ = vgg_notop_keras3
         with pytest.raises(ValueError, match="vgg16_notop.weights.h5"):
