@@ -18,6 +18,10 @@ _LAZY = {
     "available_models": "deeplab_keras.models",
     "resize_logits": "deeplab_keras.models",
     "wrap_msc": "deeplab_keras.models",
+    "classifier_layers": "deeplab_keras.models",
+    "OUTPUT_STRIDE": "deeplab_keras.models",
+    "DenseCRF": "deeplab_keras.crf",
+    "dense_crf": "deeplab_keras.crf",
 }
 
 
