@@ -36,7 +36,7 @@ very same readers and pipeline serve real VOC 2012):
 6. predictions before and after the fully connected CRF.
 
 It runs in about a minute on a 2-core CPU because the network is 1/8 of VGG16's
-width, starts from scratch and trains for 200 steps on 97×97 crops. It shows the
+width, starts from scratch and trains for 300 steps on 97×97 crops. It shows the
 pipeline, not DeepLab's accuracy: the paper recipe (ImageNet initialisation,
 SGD, 6K–20K iterations on VOC) is `python train.py --preset deeplab-v1-largefov`."""),
     ("code", """\
@@ -117,7 +117,7 @@ for layer in model.layers:
 The loss is DeepLab's: labels are reduced to the logits' 1/8 grid by nearest
 neighbour and pixels labelled 255 contribute nothing. The schedule is DeepLab
 v2's "poly" (`lr · (1 − step/max_steps)^0.9`). The optimiser is Adam rather
-than the paper's SGD with momentum: from scratch and in 200 steps, SGD does not
+than the paper's SGD with momentum: from scratch and in 300 steps, SGD does not
 get anywhere (the paper's SGD recipe starts from ImageNet weights; see
 `deeplab_keras.training.make_optimizer`).
 
@@ -127,7 +127,7 @@ resolution) to each epoch's logs, so `CSVLogger` writes it next to the loss.""")
 from deeplab_keras.evaluation import evaluate_split
 from deeplab_keras.training import SegmentationCrossEntropy
 
-STEPS, STEPS_PER_EPOCH = 200, 50
+STEPS, STEPS_PER_EPOCH = 300, 50
 schedule = keras.optimizers.schedules.PolynomialDecay(1e-3, STEPS, end_learning_rate=0.0,
                                                       power=0.9)
 model.compile(optimizer=keras.optimizers.Adam(schedule), loss=SegmentationCrossEntropy())

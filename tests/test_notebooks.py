@@ -78,7 +78,7 @@ def test_01_train_and_evaluate_runs(kernel_env, tmp_path, monkeypatch):
     nb = _execute("01_train_and_evaluate.ipynb", tmp_path, monkeypatch)
     # The CSV log holds the loss and the validation mIoU of every epoch.
     lines = (tmp_path / "training_log.csv").read_text().split()
-    assert lines[0] == "epoch,loss,val_miou" and len(lines) == 1 + 4
+    assert lines[0] == "epoch,loss,val_miou" and len(lines) == 1 + 6
     assert (tmp_path / "model.keras").stat().st_size > 0
     assert len(list((tmp_path / "predictions" / "labels").glob("*.png"))) == 3
     text = _text(nb)
