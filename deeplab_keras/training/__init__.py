@@ -1,0 +1,48 @@
+"""Training: typed presets, the paper's schedules / optimizer / loss, and the `fit` driver.
+
+  config      `TrainConfig`, the preset registry, checked `key=value` overrides.
+  schedules   v1 "step" and v2 "poly" learning-rate schedules.
+  optimizer   `DeepLabSGD`: momentum, L2 decay on kernels, 10x on the classifier.
+  losses      softmax cross-entropy at output stride 8 with 255 ignored.
+  callbacks   atomic checkpoints, NaN stop, resume helpers.
+  strategy    MirroredStrategy / MultiWorkerMirroredStrategy.
+  trainer     `train(config)` / `run(config)`: the recipe top to bottom.
+  cli         `main()` behind `python train.py` and `deeplab-train`.
+
+`config` imports no TensorFlow; the rest is imported on first use.
+
+Example:
+    >>> from deeplab_keras.training import get_preset, apply_overrides, run
+    >>> cfg = apply_overrides(get_preset("builtin"), {"steps": 100})
+    >>> result, evaluation, export_path = run(cfg)
+"""
+
+from deeplab_keras.training.config import (PRESETS, TrainConfig, apply_overrides,
+                                           available_presets, get_preset, register_preset)
+
+_LAZY = {
+    "StepDecay": "deeplab_keras.training.schedules",
+    "PolyDecay": "deeplab_keras.training.schedules",
+    "make_schedule": "deeplab_keras.training.schedules",
+    "DeepLabSGD": "deeplab_keras.training.optimizer",
+    "make_optimizer": "deeplab_keras.training.optimizer",
+    "SegmentationCrossEntropy": "deeplab_keras.training.losses",
+    "segmentation_cross_entropy": "deeplab_keras.training.losses",
+    "reduce_labels": "deeplab_keras.training.losses",
+    "TrainingDivergedError": "deeplab_keras.training.callbacks",
+    "make_strategy": "deeplab_keras.training.strategy",
+    "train": "deeplab_keras.training.trainer",
+    "run": "deeplab_keras.training.trainer",
+    "TrainResult": "deeplab_keras.training.trainer",
+}
+
+__all__ = ["PRESETS", "TrainConfig", "apply_overrides", "available_presets", "get_preset",
+           "register_preset", *_LAZY]
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'deeplab_keras.training' has no attribute {name!r}")
