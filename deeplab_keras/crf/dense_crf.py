@@ -233,7 +233,12 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
             pixels = shape[1] * shape[2]
             image_ids = tf.reshape(
                 tf.broadcast_to(tf.range(shape[0])[:, None], tf.stack([shape[0], pixels])), [-1])
-        lattice = build_lattice(features, image_ids, implementation=implementation)
+        try:
+            lattice = build_lattice(features, image_ids, implementation=implementation)
+        except ValueError as err:
+            raise ValueError(
+                f"{err}; bilateral_spatial_sigma={bilateral_spatial_sigma}, "
+                f"bilateral_color_sigma={bilateral_color_sigma}, images.shape={images.shape}") from None
         ones = tf.ones(tf.stack([tf.shape(features)[0], 1]), tf.float32)
         norm = tf.math.rsqrt(lattice_filter(lattice, ones) + _NORM_EPS)  # [P, 1]
         # w1 D^-1/2 K D^-1/2 as one operator.
@@ -294,6 +299,16 @@ class DenseCRF(keras.layers.Layer):
             bilateral_color_sigma=self.bilateral_color_sigma,
             implementation=self.implementation,
         )
+
+    @classmethod
+    def from_config(cls, config):
+        # Validate first so that a bad stored value is a ValueError naming it,
+        # not Keras's generic deserialization TypeError.
+        defaults = dict(iterations=10, spatial_weight=3.0, spatial_sigma=1.0, bilateral_weight=4.0,
+                        bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0)
+        _check_params(**{k: config.get(k, v) for k, v in defaults.items()})
+        _resolve_implementation(config.get("implementation", "auto"))
+        return super().from_config(config)
 
     def compute_output_shape(self, images_shape, logits_shape):
         return tuple(logits_shape)

@@ -152,6 +152,37 @@ def _vertex_keys(rem0, rank, d):
     return rem0_d + remainders - dp1 * tf.cast(rank_d > np.float32(d) - remainders, tf.float32)
 
 
+# The hash must stay below 2^63; keep a bit of headroom.
+_MAX_HASH_BITS = 62.0
+
+
+def _check_hash_range(extent, image_ids, num_input):
+    """Fails when the keys would not fit the int64 hash (sigmas far too small).
+
+    With 0-255 colours and pixel positions this needs absurd settings (e.g.
+    all sigmas below ~0.05 on a 500x500 image); pydensecrf stores keys as
+    int16 and fails far earlier. Raises ValueError in eager mode; in graph
+    mode a `tf.debugging` assertion (InvalidArgumentError when run by
+    TensorFlow; converters drop it).
+    """
+    bits = tf.reduce_sum(tf.math.log(tf.maximum(extent, 1.0))) / np.float32(math.log(2.0))
+    if image_ids is not None:
+        num_images = tf.cast(tf.reduce_max(image_ids), tf.float32) + 1.0
+        bits = bits + tf.math.log(tf.maximum(num_images, 1.0)) / np.float32(math.log(2.0))
+    bits = tf.where(num_input > 0, bits, 0.0)  # empty input: nothing to hash
+    if tf.executing_eagerly():
+        if float(bits) >= _MAX_HASH_BITS:
+            raise ValueError(
+                f"The lattice features span about 2^{float(bits):.0f} integer keys, more than the "
+                f"int64 hash holds (2^{_MAX_HASH_BITS:.0f}); the Gaussian sigmas are too small "
+                f"for this input. Received: key extents={extent.numpy().tolist()}")
+        return
+    tf.debugging.assert_less(
+        bits, np.float32(_MAX_HASH_BITS),
+        message="permutohedral lattice: features span more integer keys than the int64 hash holds; "
+                "the Gaussian sigmas are too small for this input")
+
+
 def _key_hash(keys, image_ids, d):
     """Injective int64 hash of the integer vertex keys [P, d+1, d] -> [P, d+1].
 
@@ -163,6 +194,7 @@ def _key_hash(keys, image_ids, d):
     margin = np.float32(d + 1)
     lo = tf.reduce_min(keys, axis=[0, 1]) - margin  # [d]
     hi = tf.reduce_max(keys, axis=[0, 1]) + margin
+    _check_hash_range(hi - lo + 1.0, image_ids, tf.shape(keys)[0])
     extent = tf.cast(hi - lo + 1.0, tf.int64)
     shifted = tf.cast(keys - lo, tf.int64)  # [P, d+1, d], >= 0
     strides = []
