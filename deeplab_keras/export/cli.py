@@ -142,6 +142,12 @@ def human_size(num_bytes):
         num_bytes /= 1024
 
 
+def describe_size(path):
+    """'1.2 MiB (1299234 bytes)' for a file or a directory tree."""
+    num_bytes = path_size(path)
+    return f"{human_size(num_bytes)} ({num_bytes} bytes)"
+
+
 def path_size(path):
     path = Path(path)
     if path.is_file():
@@ -199,7 +205,7 @@ def run_export(args):
             model, base, crf=crf, version=args.version, overwrite=args.overwrite,
             include_probabilities=args.include_probabilities,
             max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
-        print(f"saved_model  {written['saved_model']}  {human_size(path_size(written['saved_model']))}"
+        print(f"saved_model  {written['saved_model']}  {describe_size(written['saved_model'])}"
               f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
         print("  signatures: serving_default(image_bytes: string[B]), "
               "serving_images(images: float32[B,H,W,3]), serving_logits(images)", flush=True)
@@ -220,7 +226,7 @@ def run_export(args):
                 model, path, size=size, quantization=fmt[len("tflite_"):], crf=crf,
                 include_probabilities=args.include_probabilities,
                 representative_data=calibration, overwrite=args.overwrite)
-            print(f"{fmt:<13}{path}  {human_size(path_size(path))}  "
+            print(f"{fmt:<13}{path}  {describe_size(path)}  "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
             print(f"  ops: {format_op_list(tflite_op_names(path))}", flush=True)
         else:
@@ -229,7 +235,7 @@ def run_export(args):
             written[fmt] = export_onnx(model, path, size=size, crf=crf,
                                        include_probabilities=args.include_probabilities,
                                        overwrite=args.overwrite)
-            print(f"{fmt:<13}{path}  {human_size(path_size(path))}  "
+            print(f"{fmt:<13}{path}  {describe_size(path)}  "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
             print(f"  ops: {format_op_list(onnx_op_types(path))}", flush=True)
     if args.check:

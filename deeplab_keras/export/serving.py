@@ -138,6 +138,26 @@ def preprocess(images_rgb):
     return bgr - tf.constant(MEAN_RGB[::-1], tf.float32)
 
 
+def _check_rgb(images):
+    """Fail (instead of silently using 3 of 4 channels) unless [B, H, W, 3].
+
+    A loaded SavedModel signature checks only the dtype of its input, not the
+    static shape it was traced with, and the channel gather would quietly
+    drop a 4th channel, so the check runs in the graph. With a fully static
+    shape (TFLite / ONNX) it is decided at trace time and adds no op.
+    """
+    if images.shape.rank is not None and images.shape.rank != 4:
+        raise ValueError(f"images must be RGB [B, H, W, 3]. Received: shape={images.shape}")
+    if images.shape[-1] is not None and images.shape[-1] != 3:
+        raise ValueError(f"images must be RGB [B, H, W, 3]. Received: shape={images.shape}")
+    if images.shape.is_fully_defined():
+        return images
+    check = tf.debugging.assert_equal(
+        tf.shape(images)[-1], 3, message="images must be RGB [B, H, W, 3] (3 channels)")
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
 def predict_rgb(model, images_rgb, crf=None, include_probabilities=False):
     """The full inference graph on RGB images of one size.
 
@@ -152,7 +172,7 @@ def predict_rgb(model, images_rgb, crf=None, include_probabilities=False):
       raw model output at output stride 8) and, if asked, "probabilities"
       float32 [B, H, W, C] (softmax of the upsampled logits, or the CRF output).
     """
-    images_rgb = tf.cast(images_rgb, tf.float32)
+    images_rgb = _check_rgb(tf.cast(images_rgb, tf.float32))
     logits = model_logits(model, preprocess(images_rgb))
     size_hw = tf.shape(images_rgb)[1:3]
     static_hw = images_rgb.shape[1:3]
@@ -315,7 +335,7 @@ class ServingModule(tf.Module):
         return out
 
     def _serve_logits(self, images):
-        return {"logits": model_logits(self.model, preprocess(images))}
+        return {"logits": model_logits(self.model, preprocess(_check_rgb(images)))}
 
 
 def fixed_size_function(model, size, crf=None, include_probabilities=False, batch_size=1):
