@@ -721,6 +721,7 @@ def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None
         raise ValueError(f"Model {predictor.path} already runs the dense CRF in its graph; "
                          "drop crf / --crf.")
 
+    import tensorflow as tf
     from PIL import Image
 
     from deeplab_keras import viz
@@ -747,9 +748,15 @@ def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None
                 overlay_path = _save_jpeg(viz.overlay(image, labels, alpha=alpha),
                                           output_dir / "overlays" / f"{stem}.jpg")
             written.append((src, label_path, overlay_path))
-        except (ImageReadError, OSError) as e:
+        except (ImageReadError, OSError, tf.errors.ResourceExhaustedError) as e:
             # One bad file must not cost the others; the summary names it.
-            reason = e.reason if isinstance(e, ImageReadError) else str(e)
+            if isinstance(e, ImageReadError):
+                reason = e.reason
+            elif isinstance(e, tf.errors.ResourceExhaustedError):
+                reason = (f"out of memory at {image.shape[0]}x{image.shape[1]} pixels; "
+                          f"lower max_side (--max-side, now {max_side})")
+            else:
+                reason = str(e)
             failed.append((src, reason))
             if verbose:
                 print(f"\nskipped {src}: {reason}", file=sys.stderr)

@@ -175,6 +175,40 @@ class TestExportedModels:
             agree = (saved_model_argmax(rgb) == _keras_argmax(tiny_model, rgb)).mean()
             assert agree > 0.999
 
+    def test_saved_model_with_the_crf_in_its_graph(self, tiny_model, tmp_path):
+        import tensorflow as tf
+
+        from deeplab_keras.export import export_saved_model
+
+        rgb = _structured_image(40, 48, seed=11)
+        Image.fromarray(rgb).save(tmp_path / "im.png")
+        from deeplab_keras.crf import DenseCRF
+
+        # A built layer: export_saved_model(crf=True) currently fails on the
+        # unbuilt DenseCRF it creates ("layer ... has not yet been built").
+        crf = DenseCRF()
+        crf(np.zeros((1, 8, 8, 3), np.float32), np.zeros((1, 8, 8, NUM_CLASSES), np.float32))
+        version_dir = export_saved_model(tiny_model, tmp_path / "sm", crf=crf)
+        served = tf.saved_model.load(str(version_dir))
+        expected = served.signatures["serving_images"](
+            images=tf.constant(rgb[None], tf.float32))["labels"].numpy()[0]
+        predict_paths(tmp_path / "im.png", version_dir, tmp_path / "out", verbose=False)
+        np.testing.assert_array_equal(_read_label_png(tmp_path / "out/labels/im.png"), expected)
+        # A second CRF on top of the exported one is refused, not silently applied.
+        with pytest.raises(ValueError, match="already runs the dense CRF"):
+            predict_paths(tmp_path / "im.png", version_dir, tmp_path / "out2", crf=True)
+
+    def test_plain_keras_export_saved_model(self, tiny_model, mixed_folder, tmp_path):
+        # `model.export()` writes a signature on the model's own (preprocessed) input.
+        folder, good = mixed_folder
+        tiny_model.export(str(tmp_path / "plain"), verbose=False)
+        summary = predict_paths(folder, tmp_path / "plain", tmp_path / "out", verbose=False)
+        assert len(summary.written) == 3
+        for name, rgb in good.items():
+            labels = _read_label_png(tmp_path / "out" / "labels" / (name.rsplit(".", 1)[0] + ".png"))
+            agree = (labels == _keras_argmax(tiny_model, rgb)).mean()
+            assert agree > 0.999
+
     def test_tflite_labels_equal_its_own_argmax(self, tiny_model, mixed_folder, tmp_path):
         from ai_edge_litert.interpreter import Interpreter
 

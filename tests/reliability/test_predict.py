@@ -177,6 +177,26 @@ class TestImages:
         assert "60x50 = 3000 pixels" in reason and "max_pixels=1000" in reason
         assert [p.name for p, _, _ in summary.written] == ["ok.png"]
 
+    def test_out_of_memory_on_one_image_is_reported_and_the_rest_processed(
+            self, model_path, tmp_path, monkeypatch):
+        import tensorflow as tf
+
+        Image.fromarray(_rgb(64, 64)).save(tmp_path / "big.png")
+        Image.fromarray(_rgb(16, 16)).save(tmp_path / "small.png")
+        real = predict.predict_image
+
+        def oom_on_big(predictor, image, crf=None):
+            if image.shape[0] == 64:   # stands in for an allocation TensorFlow refuses
+                raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating")
+            return real(predictor, image, crf=crf)
+
+        monkeypatch.setattr(predict, "predict_image", oom_on_big)
+        summary = predict_paths(tmp_path, model_path, tmp_path / "out", verbose=False)
+        (path, reason), = summary.failed
+        assert path.name == "big.png" and "out of memory at 64x64" in reason
+        assert "--max-side" in reason
+        assert [p.name for p, _, _ in summary.written] == ["small.png"]
+
     def test_exif_rotated_jpeg_is_segmented_upright(self, predictor, model_path, tmp_path):
         stored = _rgb(24, 40)                     # stored landscape, EXIF says rotate 90
         exif = Image.Exif()
