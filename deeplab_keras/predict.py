@@ -34,11 +34,11 @@ Image handling (documented behaviour, tested in tests/reliability/test_predict.p
 
 Example (library):
   >>> from deeplab_keras.predict import predict_paths
-  >>> summary = predict_paths(["photos/"], "runs/builtin_tiny/best.keras", "out/")
+  >>> summary = predict_paths(["photos/"], "runs/builtin/model.keras", "out/")
   >>> summary.failed        # [(Path, reason), ...]
 
 Example (command line):
-  $ deeplab-predict photos/ img.jpg --model runs/builtin_tiny/best.keras -o out/ --crf
+  $ deeplab-predict photos/ img.jpg --model runs/builtin/model.keras -o out/ --crf
 """
 
 import argparse
@@ -524,7 +524,7 @@ def load_predictor(model_path, *, num_classes=None):
         classes differs from `num_classes`.
 
     Example:
-      >>> p = load_predictor("runs/builtin_tiny/best.keras", num_classes=21)
+      >>> p = load_predictor("runs/builtin/model.keras", num_classes=21)
       >>> labels = p.labels(read_image("cat.jpg"))
     """
     path = Path(model_path)
@@ -720,6 +720,9 @@ def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None
     if crf_layer is not None and predictor.has_crf:
         raise ValueError(f"Model {predictor.path} already runs the dense CRF in its graph; "
                          "drop crf / --crf.")
+    if crf_layer is not None and predictor.logits_fn is None:
+        raise ValueError(f"Model {predictor.path} returns labels only (no logits "
+                         "signature), so the CRF cannot be applied; drop crf / --crf.")
 
     import tensorflow as tf
     from PIL import Image

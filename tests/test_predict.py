@@ -209,6 +209,32 @@ class TestExportedModels:
             agree = (labels == _keras_argmax(tiny_model, rgb)).mean()
             assert agree > 0.999
 
+    def test_saved_model_with_only_an_image_bytes_signature(self, tmp_path):
+        # A labels-only serving model (as TF Serving clients see it): the image
+        # is sent PNG-encoded, labels come back; here "red channel > 127".
+        import json
+
+        import tensorflow as tf
+
+        class BytesOnly(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def serve(self, image_bytes):
+                image = tf.io.decode_png(image_bytes[0], channels=3)
+                return {"labels": tf.cast(image[None, ..., 0] > 127, tf.int32)}
+
+        module = BytesOnly()
+        tf.saved_model.save(module, str(tmp_path / "bytes"),
+                            signatures={"serving_default": module.serve})
+        (tmp_path / "bytes" / "deeplab_export.json").write_text(json.dumps({"num_classes": 2}))
+        rgb = _structured_image(30, 40, seed=5)
+        Image.fromarray(rgb).save(tmp_path / "im.png")
+        predict_paths(tmp_path / "im.png", tmp_path / "bytes", tmp_path / "out", verbose=False)
+        np.testing.assert_array_equal(_read_label_png(tmp_path / "out/labels/im.png"),
+                                      (rgb[..., 0] > 127).astype(np.uint8))
+        with pytest.raises(ValueError, match="labels only"):
+            predict_paths(tmp_path / "im.png", tmp_path / "bytes", tmp_path / "o2", crf=True,
+                          verbose=False)
+
     def test_tflite_labels_equal_its_own_argmax(self, tiny_model, mixed_folder, tmp_path):
         from ai_edge_litert.interpreter import Interpreter
 
