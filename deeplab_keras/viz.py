@@ -217,7 +217,11 @@ def save_label_png(labels, path, palette=None):
 # --------------------------------------------------------------------------- #
 
 def _new_figure(figsize):
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("Figures need matplotlib, which deeplab_keras does not install "
+                          "by default: pip install matplotlib") from None
 
     return Figure(figsize=figsize, layout="constrained")
 
@@ -438,8 +442,6 @@ def plot_training_curves(csv_path, *, path=None, title=None):
     Raises:
       FileNotFoundError / ValueError: missing file, or no loss column.
     """
-    from matplotlib.ticker import MaxNLocator
-
     columns = read_training_log(csv_path)
     losses = [k for k in columns if k == "loss" or k.endswith("_loss")]
     ious = [k for k in columns if "iou" in k.lower()]
@@ -449,6 +451,8 @@ def plot_training_curves(csv_path, *, path=None, title=None):
     xname, x = _x_axis(columns)
     panels = [("loss", losses)] + ([("mIoU", ious)] if ious else [])
     fig = _new_figure((4.5 * len(panels), 3.2))
+    from matplotlib.ticker import MaxNLocator
+
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (ylabel, keys) in zip(axes, panels):
         for key in keys:
