@@ -139,7 +139,7 @@ def restore_checkpoint(model, path):
         raise ValueError(
             f"Checkpoint {path} does not fit this model ({model.name}, "
             f"{model.count_params():,} parameters): it was probably written by another "
-            f"architecture or another num_classes / width_multiplier. Details: {e}") from None
+            f"architecture or another num_classes / width_multiplier. {_mismatch(e)}") from None
     skipped = [str(w.message) for w in caught
                if "Skipping variable loading" in str(w.message)
                or "expected" in str(w.message).lower() and "variables" in str(w.message)]
@@ -154,6 +154,18 @@ def restore_checkpoint(model, path):
                              f"{int(m.group(1))}: the optimizer state did not load.")
         return restored
     return int(m.group(1)) if m else 0
+
+
+def _mismatch(error):
+    """A one-line summary of a Keras weight-loading error (not its tensor dumps)."""
+    text = str(error)
+    shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", text)
+    where = re.search(r"Variable path=([^,\s]+)", text)
+    if shapes:
+        return (f"First mismatch: {where.group(1) if where else 'a variable'} has shape "
+                f"{shapes.group(1)} in this model but {shapes.group(2)} in the checkpoint.")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"Details: {first[:300]}"
 
 
 def _current_step(model):

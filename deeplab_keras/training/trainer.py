@@ -165,6 +165,24 @@ def check_resumable(config, run_dir):
                          + "; ".join(diff) + "). Use another --output-dir, or the same settings.")
 
 
+def load_checkpoint_model(config, checkpoint):
+    """The single-scale inference model of `config` with the weights of a training checkpoint.
+
+    The training model (and its optimizer, whose state the checkpoint also holds)
+    is rebuilt exactly as `train` builds it, so the checkpoint is checked in
+    full: another architecture, num_classes or width gives a ValueError naming
+    the file.
+    """
+    base, train_model = build_networks(config, backbone_weights=None)
+    optimizer = make_optimizer(train_model, make_schedule(config), momentum=config.momentum,
+                               weight_decay=config.weight_decay,
+                               classifier_lr_mult=config.classifier_lr_mult)
+    train_model.compile(optimizer=optimizer, loss=SegmentationCrossEntropy(), jit_compile=False)
+    optimizer.build(train_model.trainable_variables)
+    cb.restore_checkpoint(train_model, checkpoint)
+    return _inference_copy(config, base)
+
+
 def _inference_copy(config, base):
     """A fresh single-scale model outside any distribution scope, with `base`'s weights."""
     model, _ = build_networks(config, backbone_weights=None)
