@@ -363,6 +363,14 @@ def test_crf_in_tflite_and_onnx_matches_tensorflow(model, val_set, tmp_path):
     for path in (tfl, onx):
         result = checks.compare_outputs(ref, checks.run_format(path, images))
         assert result["label_agreement"] >= THRESHOLDS["float32"]["label_agreement"], (path, result)
+    # Full-integer network with the CRF kept in float (a quantized CRF does not
+    # even allocate: LOG_SOFTMAX's int8 output scale).
+    int8 = export_tflite(model, tmp_path / "crf_int8.tflite", size=size, crf=crf,
+                         quantization="int8", representative_data=[im[None] for im in images])
+    ops = tflite_op_names(int8)
+    assert "QUANTIZE" in ops and "LOG_SOFTMAX" in ops
+    result = checks.compare_outputs(ref, checks.run_format(int8, images))
+    assert result["label_agreement"] >= THRESHOLDS["int8"]["label_agreement"], result
     # The CRF changes something, so the comparison above is not vacuous.
     assert not np.array_equal(ref["labels"], checks.reference_outputs(model, images)["labels"])
 

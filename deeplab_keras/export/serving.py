@@ -40,6 +40,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 2048 * 2048
 # images of different sizes (the batch is padded to the largest one).
 LABEL_PAD_VALUE = IGNORE_LABEL
 
+# Name scope of the CRF's ops in the traced graphs.
+CRF_SCOPE = "deeplab_crf"
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -181,7 +184,8 @@ def predict_rgb(model, images_rgb, crf=None, include_probabilities=False):
     full = resize_logits(logits, size_hw)
     outputs = {"logits": logits}
     if crf is not None:
-        probabilities = tf.cast(crf(images_rgb, full), tf.float32)
+        with tf.name_scope(CRF_SCOPE):  # lets the int8 export keep the CRF in float
+            probabilities = tf.cast(crf(images_rgb, full), tf.float32)
         outputs["labels"] = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         if include_probabilities:
             outputs["probabilities"] = probabilities

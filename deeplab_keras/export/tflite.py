@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from deeplab_keras.export.serving import (
+    CRF_SCOPE,
     fixed_size_function,
     model_num_classes,
     normalize_size,
@@ -201,12 +203,14 @@ def convert_tflite(model, *, size=DEFAULT_SIZE, quantization="float32", crf=None
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = dataset
-        # Int8 kernels where they exist, float builtins for the rest (e.g. the
-        # CRF's exp / division); input and outputs stay float32 / int32.
+        # Int8 kernels where they exist, float builtins for the rest; input
+        # and outputs stay float32 / int32.
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
+        if crf_layer is not None:
+            return _int8_with_float_crf(concrete, converter, dataset)
     try:
         return converter.convert()
     except Exception as e:  # ConverterError: its message is pages of MLIR locations
@@ -218,6 +222,30 @@ def convert_tflite(model, *, size=DEFAULT_SIZE, quantization="float32", crf=None
                 "Only builtin ops are allowed (no Flex)."
             ) from None
         raise RuntimeError(f"TFLite conversion failed: {message.splitlines()[-1][:2000]}") from e
+
+
+def _int8_with_float_crf(concrete, converter, dataset):
+    """Full-integer network, float32 CRF (selective quantization).
+
+    Quantizing the CRF is both wrong and broken: its mean-field messages need
+    more than 8 bits, and the quantizer gives the CRF's LOG_SOFTMAX an output
+    scale its int8 kernel refuses ("output->params.scale != 16.0 / 256" at
+    AllocateTensors). Every op under the CRF's name scope is denylisted, the
+    documented selective-quantization route of `QuantizationDebugger`.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    float_converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module())
+    float_converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    float_model = float_converter.convert()
+    names = [t["name"] for t in Interpreter(model_content=float_model).get_tensor_details()]
+    crf_nodes = [name for name in names if CRF_SCOPE in name]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=crf_nodes)
+    with warnings.catch_warnings():  # it runs tf.lite.Interpreter internally
+        warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=dataset, debug_options=options)
+        return debugger.get_nondebug_quantized_model()
 
 
 def export_tflite(model, path, *, size=DEFAULT_SIZE, quantization="float32", crf=None,
