@@ -297,15 +297,29 @@ def scale_lattice(lattice, pre_scale=None, post_scale=None):
 
 
 def _blur_neighbours(points, deltas, num_points, d):
-    """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists."""
-    queries = [points] + [points + dj for dj in deltas] + [points - dj for dj in deltas]
+    """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists.
+
+    Only the "+" neighbours are looked up: B is the "-" neighbour of A along
+    direction j exactly when A is the "+" neighbour of B, so the "-" table is
+    the inverse of the "+" table (a scatter). This halves the lookups.
+    """
+    queries = [points] + [points + dj for dj in deltas]
     _, query_index = tf.unique(tf.concat(queries, axis=0))
     # tf.unique keeps the order of first occurrence (so do TFLite UNIQUE and
     # ONNX Unique with sorted=0): the M lattice points keep indices 0..M-1 and
     # every key outside the lattice gets an index >= M.
-    found = tf.reshape(query_index[num_points:], tf.stack([2, d + 1, num_points]))
-    found = tf.where(found < num_points, found, num_points)
-    found = tf.transpose(found, [1, 2, 0])  # [d+1, M, 2]
+    plus = tf.reshape(query_index[num_points:], tf.stack([d + 1, num_points]))
+    found = plus < num_points
+    plus = tf.where(found, plus, num_points)
+    # minus[j, plus[j, i]] = i. Missing neighbours write to distinct dummy
+    # slots past M, so no index is written twice (ONNX ScatterND requires it).
+    own = tf.broadcast_to(tf.range(num_points)[None, :], tf.stack([d + 1, num_points]))
+    target = tf.where(found, plus, num_points + own)
+    direction = tf.broadcast_to(tf.range(d + 1)[:, None], tf.stack([d + 1, num_points]))
+    minus = tf.scatter_nd(tf.stack([direction, target], axis=-1), own + 1,
+                          tf.stack([d + 1, 2 * num_points]))[:, :num_points] - 1
+    minus = tf.where(minus < 0, num_points, minus)
+    found = tf.stack([plus, minus], axis=-1)  # [d+1, M, 2]
     sentinel = tf.fill(tf.stack([d + 1, 1, 2]), num_points)
     return tf.concat([found, sentinel], axis=1)
 
@@ -319,13 +333,19 @@ def _splat_matrix(offsets, weights, num_points, d):
 
 
 def _blur_matrices(neighbours, num_points, d):
-    rows = tf.broadcast_to(tf.range(num_points)[:, None], tf.stack([num_points, 2]))
+    """Sparse [M, M] matrices with 0.5 at each existing neighbour pair.
+
+    The "-" neighbour relation is the transpose of the "+" one, so each
+    matrix is built from the "+" table alone: entries (i, plus_i), (plus_i, i).
+    """
     shape = tf.cast(tf.stack([num_points, num_points]), tf.int64)
+    own = tf.range(num_points)
     matrices = []
     for j in range(d + 1):
-        cols = neighbours[j, :num_points]  # [M, 2]
-        exists = cols < num_points
-        indices = tf.stack([tf.boolean_mask(rows, exists), tf.boolean_mask(cols, exists)], axis=1)
+        plus = neighbours[j, :num_points, 0]
+        exists = plus < num_points
+        rows, cols = tf.boolean_mask(own, exists), tf.boolean_mask(plus, exists)
+        indices = tf.stack([tf.concat([rows, cols], 0), tf.concat([cols, rows], 0)], axis=1)
         values = tf.fill(tf.shape(indices)[:1], np.float32(0.5))
         matrices.append(tf.SparseTensor(tf.cast(indices, tf.int64), values, shape))
     return matrices
