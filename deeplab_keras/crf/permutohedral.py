@@ -106,16 +106,19 @@ def _enclosing_simplex(elevated, d):
     coord_sum = tf.reduce_sum(rounded, axis=1, keepdims=True)
 
     # rank[i]: position of residual i in descending order, ties broken by index
-    # (the reference's pairwise loop): [P, d+1, d+1] comparisons, d is small.
+    # (the reference's pairwise loop). For each of the (d+1)d/2 pairs i < j,
+    # "r_i < r_j" adds 1 to rank[i], otherwise 1 to rank[j]; the tally is a
+    # tiny matmul (exact: small integers in float32).
     resid = elevated - rem0
-    r_i = resid[:, :, None]
-    r_j = resid[:, None, :]
-    upper = np.triu(np.ones((d + 1, d + 1), np.float32), k=1)  # j > i
-    lower = upper.T  # j < i
-    rank = tf.reduce_sum(
-        tf.cast(r_i < r_j, tf.float32) * upper + tf.cast(r_j >= r_i, tf.float32) * lower,
-        axis=2,
-    )
+    pairs = [(i, j) for i in range(d + 1) for j in range(i + 1, d + 1)]
+    first = np.array([i for i, _ in pairs])
+    second = np.array([j for _, j in pairs])
+    tally = np.zeros((len(pairs), d + 1), np.float32)
+    tally[np.arange(len(pairs)), first] += 1.0
+    tally[np.arange(len(pairs)), second] -= 1.0
+    less = tf.cast(tf.gather(resid, first, axis=1) < tf.gather(resid, second, axis=1), tf.float32)
+    # rank[k] = (number of pairs with k second, i.e. k) + sum_p less_p * tally[p, k]
+    rank = np.arange(d + 1, dtype=np.float32) + tf.matmul(less, tally)
 
     # Bring the point back onto the plane when the rounded coordinates do not
     # sum to zero.
@@ -124,32 +127,19 @@ def _enclosing_simplex(elevated, d):
     rank = rank + shift
     rem0 = rem0 + shift
 
-    # Barycentric coordinates (Adams et al. 2010, p. 10).
+    # Barycentric coordinates (Adams et al. 2010, p. 10): the reference adds
+    # v_i at slot d - rank_i and subtracts it at the next slot. With by_slot[m]
+    # the v of the coordinate in slot m, weight[m] = by_slot[m] - by_slot[m-1],
+    # and the wrap-around gives weight[0] = 1 + by_slot[0] - by_slot[d].
     v = (elevated - rem0) * np.float32(1.0 / (d + 1))
-    pos = np.float32(d) - rank  # [P, d+1], in 0..d
-    slots = np.arange(d + 2, dtype=np.float32)
-    hit = tf.cast(tf.equal(pos[:, :, None], slots), tf.float32)
-    hit_next = tf.cast(tf.equal(pos[:, :, None] + 1.0, slots), tf.float32)
-    bary = tf.reduce_sum(v[:, :, None] * (hit - hit_next), axis=1)  # [P, d+2]
-    wrap = np.zeros((d + 2,), np.float32)
-    wrap[0] = 1.0
-    bary = bary + wrap + bary[:, d + 1 : d + 2] * wrap
-    weights = bary[:, : d + 1]
+    slot = np.float32(d) - rank  # [P, d+1], a permutation of 0..d
+    in_slot = tf.cast(tf.equal(slot[:, :, None], np.arange(d + 1, dtype=np.float32)), tf.float32)
+    by_slot = tf.reduce_sum(v[:, :, None] * in_slot, axis=1)  # [P, d+1]
+    previous = tf.concat([by_slot[:, d:], by_slot[:, :d]], axis=1)
+    first_slot = np.zeros((d + 1,), np.float32)
+    first_slot[0] = 1.0
+    weights = by_slot - previous + first_slot
     return rem0, rank, weights
-
-
-def _vertex_keys(rem0, rank, d):
-    """Integer coordinates (float32, exact) of the d + 1 vertices: [P, d+1, d].
-
-    Vertex r of the simplex is rem0 + canonical[r][rank], where the canonical
-    simplex has canonical[r][k] = r for k <= d - r and r - (d + 1) otherwise.
-    Only the first d coordinates are kept: the last one follows from sum = 0.
-    """
-    dp1 = np.float32(d + 1)
-    remainders = np.arange(d + 1, dtype=np.float32)[None, :, None]  # [1, d+1, 1]
-    rem0_d = rem0[:, None, :d]
-    rank_d = rank[:, None, :d]
-    return rem0_d + remainders - dp1 * tf.cast(rank_d > np.float32(d) - remainders, tf.float32)
 
 
 # The hash must stay below 2^63; keep a bit of headroom.
@@ -183,29 +173,47 @@ def _check_hash_range(extent, image_ids, num_input):
                 "the Gaussian sigmas are too small for this input")
 
 
-def _key_hash(keys, image_ids, d):
-    """Injective int64 hash of the integer vertex keys [P, d+1, d] -> [P, d+1].
+def _key_hash(rem0, rank, image_ids, d):
+    """Injective int64 hash of the d + 1 vertices' integer keys -> [P, d+1].
 
-    Mixed radix over the bounding box of the keys widened by d + 1 on each
-    side, so that the blur neighbours (each coordinate moves by 1 or d) of any
-    occupied point hash injectively too and can be found by adding a constant.
-    Returns the hash and the per-direction constants (int64 scalars).
+    Vertex r of the simplex is rem0 + canonical[r][rank], where the canonical
+    simplex has canonical[r][k] = r for k <= d - r and r - (d + 1) otherwise;
+    only the first d coordinates are hashed (the last follows from sum = 0).
+    The hash is mixed radix over the box [min rem0 - 2(d+1), max rem0 + 2(d+1)]
+    per coordinate, which holds every vertex (rem0 - (d+1) .. rem0 + d) and
+    its blur neighbours (each coordinate moves by 1 or d), so neighbours are
+    found by adding a per-direction constant to the hash.
+
+    Being linear, the hash splits into a per-point base plus, per vertex,
+    r * sum(strides) - (d+1) * sum_i stride_i [rank_i > d - r]: no
+    [P, d+1, d] key tensor is formed.
+
+    Returns:
+        (hash int64 [P, d+1], list of d + 1 int64 neighbour offsets).
     """
-    margin = np.float32(d + 1)
-    lo = tf.reduce_min(keys, axis=[0, 1]) - margin  # [d]
-    hi = tf.reduce_max(keys, axis=[0, 1]) + margin
-    _check_hash_range(hi - lo + 1.0, image_ids, tf.shape(keys)[0])
+    margin = np.float32(2 * (d + 1))
+    lo = tf.reduce_min(rem0[:, :d], axis=0) - margin  # [d]
+    hi = tf.reduce_max(rem0[:, :d], axis=0) + margin
+    _check_hash_range(hi - lo + 1.0, image_ids, tf.shape(rem0)[0])
     extent = tf.cast(hi - lo + 1.0, tf.int64)
-    shifted = tf.cast(keys - lo, tf.int64)  # [P, d+1, d], >= 0
+    base_coords = tf.cast(rem0[:, :d] - lo, tf.int64)  # [P, d], >= 0
+    remainders = np.arange(d + 1, dtype=np.float32)
     strides = []
     stride = tf.constant(1, tf.int64)
-    key_hash = tf.zeros_like(shifted[:, :, 0])
+    base = tf.zeros_like(base_coords[:, 0])
+    wrapped = None
     for i in range(d):
         strides.append(stride)
-        key_hash = key_hash + shifted[:, :, i] * stride
+        base = base + base_coords[:, i] * stride
+        step = tf.cast(rank[:, i : i + 1] > np.float32(d) - remainders, tf.int64) * (stride * (d + 1))
+        wrapped = step if wrapped is None else wrapped + step
         stride = stride * extent[i]
     if image_ids is not None:
-        key_hash = key_hash + tf.cast(image_ids, tf.int64)[:, None] * stride
+        base = base + tf.cast(image_ids, tf.int64) * stride
+    stride_sum = strides[0]
+    for stride_i in strides[1:]:
+        stride_sum = stride_sum + stride_i  # not add_n: ONNX Sum has no int64
+    key_hash = base[:, None] + tf.range(d + 1, dtype=tf.int64) * stride_sum - wrapped
     # Blur neighbour along direction j: every coordinate -1, coordinate j + d
     # (for j = d the implicit last coordinate is the one that moves by d).
     deltas = []
@@ -253,8 +261,7 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
 
     elevated = _elevate(features, d)
     rem0, rank, weights = _enclosing_simplex(elevated, d)
-    keys = _vertex_keys(rem0, rank, d)  # [P, d+1, d]
-    key_hash, deltas = _key_hash(keys, image_ids, d)  # [P, d+1]
+    key_hash, deltas = _key_hash(rem0, rank, image_ids, d)  # [P, d+1]
 
     points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
     num_points = tf.shape(points)[0]
@@ -341,17 +348,16 @@ def _splat_matrix(offsets, weights, num_points, d):
 def _blur_matrices(neighbours, num_points, d):
     """Sparse [M, M] matrices with 0.5 at each existing neighbour pair.
 
-    The "-" neighbour relation is the transpose of the "+" one, so each
-    matrix is built from the "+" table alone: entries (i, plus_i), (plus_i, i).
+    Built row by row from the neighbour table, so the indices come out in
+    row-major order (measurably faster in SparseTensorDenseMatMul).
     """
     shape = tf.cast(tf.stack([num_points, num_points]), tf.int64)
-    own = tf.range(num_points)
+    rows = tf.broadcast_to(tf.range(num_points)[:, None], tf.stack([num_points, 2]))
     matrices = []
     for j in range(d + 1):
-        plus = neighbours[j, :num_points, 0]
-        exists = plus < num_points
-        rows, cols = tf.boolean_mask(own, exists), tf.boolean_mask(plus, exists)
-        indices = tf.stack([tf.concat([rows, cols], 0), tf.concat([cols, rows], 0)], axis=1)
+        cols = neighbours[j, :num_points]  # [M, 2]: "+" and "-" neighbour
+        exists = cols < num_points
+        indices = tf.stack([tf.boolean_mask(rows, exists), tf.boolean_mask(cols, exists)], axis=1)
         values = tf.fill(tf.shape(indices)[:1], np.float32(0.5))
         matrices.append(tf.SparseTensor(tf.cast(indices, tf.int64), values, shape))
     return matrices
