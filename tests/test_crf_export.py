@@ -135,6 +135,18 @@ class TestCrfAlone:
                                    dense_crf(image, logits, implementation="sparse").numpy(), atol=1e-4)
 
 
+    def test_default_sparse_graph_refuses_tflite_loudly(self):
+        # Outside portable_ops() the lattice uses SparseTensorDenseMatMul,
+        # which has no builtin: conversion must fail, not silently need Flex.
+        @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.uint8),
+                                      tf.TensorSpec([1, 8, 8, C], tf.float32)])
+        def serve(images, logits):
+            return dense_crf(images, logits, iterations=1)
+
+        with pytest.raises(Exception, match="SparseTensorDenseMatMul"):
+            _tflite(serve)
+
+
 class TestModelThenCrf:
     def test_tflite_uses_builtin_ops_only(self, model_then_crf):
         _, tflite_model, _ = model_then_crf
