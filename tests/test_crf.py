@@ -215,9 +215,12 @@ class TestShapesAndModes:
 class TestGradients:
     @pytest.mark.parametrize("implementation", ["sparse", "portable"])
     def test_gradient_matches_numerical(self, implementation):
-        image, labels = make_scene(6, 8, 3, seed=7, num_shapes=2)
-        logits = tf.constant(coarse_logits(labels, 3, stride=2)[None].astype(np.float32))
-        weights = tf.constant(np.random.RandomState(0).normal(size=(1, 6, 8, 3)).astype(np.float32))
+        # Soft logits (|logit| ~ 0.5): saturated ones would give near-zero
+        # gradients that any check passes.
+        image, _ = make_scene(6, 8, 3, seed=7, num_shapes=2)
+        rs = np.random.RandomState(0)
+        logits = tf.constant(rs.normal(0.0, 0.5, (1, 6, 8, 3)).astype(np.float32))
+        weights = tf.constant(rs.normal(size=(1, 6, 8, 3)).astype(np.float32))
 
         @tf.function  # traced once: compute_gradient evaluates it 2 x 144 times
         def objective(x):
@@ -225,11 +228,14 @@ class TestGradients:
                           implementation=implementation)
             return tf.reduce_sum(q * weights)
 
-        theoretical, numerical = tf.test.compute_gradient(objective, [logits], delta=1e-2)
+        theoretical, numerical = tf.test.compute_gradient(objective, [logits], delta=3e-3)
         theoretical, numerical = theoretical[0], numerical[0]
         assert np.all(np.isfinite(theoretical))
+        scale = np.abs(numerical).max()
         err = np.abs(theoretical - numerical).max()
-        assert err < 2e-2 * max(1.0, np.abs(numerical).max()), f"max |analytic - numeric| = {err:.3e}"
+        # Measured: max |grad| ~6, max error ~1e-3 (float32 central differences).
+        assert scale > 0.5, f"gradient too small to check: {scale:.3e}"
+        assert err < 1e-2 * scale, f"max |analytic - numeric| = {err:.3e}, max |grad| = {scale:.3f}"
 
     def test_gradients_finite_at_deeplab_settings(self):
         image, labels = make_scene(48, 64, 5, seed=8)
