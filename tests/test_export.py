@@ -189,6 +189,11 @@ def test_saved_model_layout_and_config(saved_model_dir):
     assert not [p for p in saved_model_dir.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_saved_model_stores_each_weight_once(saved_model_dir, model):
+    weights = sum(p.stat().st_size for p in (saved_model_dir / "variables").iterdir())
+    assert model.count_params() * 4 <= weights < 1.1 * model.count_params() * 4
+
+
 def test_saved_model_loads_in_a_separate_process(saved_model_dir, model, tmp_path):
     image = _val_image(3)
     (tmp_path / "image.png").write_bytes(_png(image))

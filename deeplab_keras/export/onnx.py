@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from deeplab_keras.export.serving import (
+    export_info,
     fixed_size_function,
     normalize_size,
     portable_tracing,
     resolve_crf,
 )
-from deeplab_keras.export.tflite import DEFAULT_SIZE, write_bytes_atomic
+from deeplab_keras.export.tflite import DEFAULT_SIZE, write_bytes_atomic, write_sidecar
 
 DEFAULT_OPSET = 17
 
@@ -123,11 +124,18 @@ def export_onnx(model, path, *, size=DEFAULT_SIZE, crf=None, include_probabiliti
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists. Pass overwrite=True (--overwrite) to replace it.")
-    data = convert_onnx(model, size=size, crf=crf, include_probabilities=include_probabilities,
+    crf_layer = resolve_crf(crf)
+    data = convert_onnx(model, size=size, crf=crf_layer, include_probabilities=include_probabilities,
                         opset=opset).SerializeToString()
     if check:
         _session(data)
-    return write_bytes_atomic(path, data, overwrite=overwrite)
+    path = write_bytes_atomic(path, data, overwrite=overwrite)
+    shape = "[N, H, W, 3]" if size is None else f"[1, {normalize_size(size)[0]}, {normalize_size(size)[1]}, 3]"
+    write_sidecar(path, export_info(
+        model, crf_layer, format="onnx", opset=opset,
+        input={"images": f"float32 {shape} RGB 0-255"},
+        outputs=["labels", "logits"] + (["probabilities"] if include_probabilities else [])))
+    return path
 
 
 def _session(model):

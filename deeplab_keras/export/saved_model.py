@@ -18,13 +18,12 @@ import uuid
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
 from deeplab_keras.export.serving import (
     DEFAULT_MAX_IMAGE_PIXELS,
     LABEL_PAD_VALUE,
     ServingModule,
-    model_num_classes,
+    export_info,
     resolve_crf,
 )
 
@@ -139,10 +138,6 @@ def temporary_dir(export_dir, version):
     return Path(export_dir) / f"{_TMP_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _model_name(model):
-    return getattr(model, "name", None) or "deeplab"
-
-
 def export_saved_model(model, export_dir, *, crf=None, version=None, overwrite=False,
                        include_probabilities=False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Write a TF Serving SavedModel to `export_dir/<version>/`.
@@ -206,9 +201,9 @@ def export_saved_model(model, export_dir, *, crf=None, version=None, overwrite=F
                            max_image_pixels=max_image_pixels)
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
-    if crf_layer is not None and isinstance(crf_layer, keras.layers.Layer):
-        archive.track(crf_layer)
+    # No `archive.track(model)`: the endpoints capture the weights already, and
+    # tracking the model saves every weight a second time (Keras 3.15 writes
+    # both `variables/` and `_all_variables/`), doubling the SavedModel size.
     archive.add_endpoint("serving_default", module.serve_bytes)
     archive.add_endpoint("serving_images", module.serve_images)
     archive.add_endpoint("serving_logits", module.serve_logits)
@@ -216,32 +211,15 @@ def export_saved_model(model, export_dir, *, crf=None, version=None, overwrite=F
     tmp = temporary_dir(export_dir, version)
     try:
         archive.write_out(str(tmp), verbose=False)
-        config = {
-            "model_name": _model_name(model),
-            "num_classes": model_num_classes(model),
-            "signatures": list(SIGNATURES),
-            "bytes_input": "image_bytes",
-            "label_pad_value": LABEL_PAD_VALUE,
-            "include_probabilities": bool(include_probabilities),
-            "max_image_pixels": max_image_pixels,
-            "crf": _crf_config(crf_layer),
-            "preprocessing": "RGB 0-255 -> Caffe BGR minus ImageNet mean (in graph)",
-            "upsampling": "bilinear (in graph)",
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
+        config = export_info(
+            model, crf_layer, format="saved_model", version=version,
+            signatures=list(SIGNATURES), bytes_input="image_bytes",
+            label_pad_value=LABEL_PAD_VALUE, include_probabilities=bool(include_probabilities),
+            max_image_pixels=max_image_pixels,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         with open(tmp / CONFIG_FILENAME, "w") as f:
             json.dump(config, f, indent=2)
         return publish_directory(tmp, export_dir / str(version), overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _crf_config(crf_layer):
-    if crf_layer is None:
-        return None
-    get_config = getattr(crf_layer, "get_config", None)
-    config = dict(get_config()) if get_config else {"class": type(crf_layer).__name__}
-    return {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, type(None)))}

@@ -71,6 +71,32 @@ def resolve_crf(crf):
     )
 
 
+def crf_config(crf_layer):
+    """JSON-able settings of a CRF layer (None without CRF), for export configs."""
+    if crf_layer is None:
+        return None
+    get_config = getattr(crf_layer, "get_config", None)
+    config = dict(get_config()) if get_config else {"class": type(crf_layer).__name__}
+    return {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
+def export_info(model, crf_layer, **extra):
+    """The resolved settings written next to every export (STYLE: configs)."""
+    import keras
+
+    info = {
+        "model_name": getattr(model, "name", None) or "deeplab",
+        "num_classes": model_num_classes(model),
+        "crf": crf_config(crf_layer),
+        "preprocessing": "RGB 0-255 -> Caffe BGR minus ImageNet mean (in graph)",
+        "upsampling": "bilinear (in graph)",
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+    info.update(extra)
+    return info
+
+
 def portable_tracing(crf):
     """Context for tracing graphs for TFLite / ONNX.
 

@@ -35,6 +35,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from deeplab_keras.export.serving import (
     CRF_SCOPE,
+    export_info,
     fixed_size_function,
     model_num_classes,
     normalize_size,
@@ -92,6 +93,14 @@ def write_bytes_atomic(path, data, overwrite=False):
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def write_sidecar(path, info, overwrite=False):
+    """Write `info` as JSON to `<path>.json` (atomically), next to an export file."""
+    import json
+
+    data = (json.dumps(info, indent=2) + "\n").encode()
+    return write_bytes_atomic(Path(f"{path}.json"), data, overwrite=True)
 
 
 def tflite_op_names(model):
@@ -288,12 +297,21 @@ def export_tflite(model, path, *, size=DEFAULT_SIZE, quantization="float32", crf
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists. Pass overwrite=True (--overwrite) to replace it.")
+    crf = resolve_crf(crf)
     data = convert_tflite(model, size=size, quantization=quantization, crf=crf,
                           include_probabilities=include_probabilities,
                           representative_data=representative_data,
                           num_calibration_images=num_calibration_images)
-    check_ops(tflite_op_names(data))
-    return write_bytes_atomic(path, data, overwrite=overwrite)
+    ops = tflite_op_names(data)
+    check_ops(ops)
+    path = write_bytes_atomic(path, data, overwrite=overwrite)
+    size = normalize_size(size)
+    write_sidecar(path, export_info(
+        model, crf, format="tflite",
+        quantization=quantization, input={"images": f"float32 [1, {size[0]}, {size[1]}, 3] RGB 0-255"},
+        outputs=["labels", "logits"] + (["probabilities"] if include_probabilities else []),
+        ops=sorted(set(ops))))
+    return path
 
 
 def run_tflite(model, images):
