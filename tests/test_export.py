@@ -1,6 +1,6 @@
 """Every export format against the Keras model (issue 6).
 
-A reduced-width VGG16-LargeFOV is trained for ~25 s on the built-in data so
+A reduced-width VGG16-LargeFOV is trained for 200 steps (~25 s) on the built-in data so
 that its label maps are meaningful (several classes, real boundaries), then
 exported once per format at a small fixed size (module-scoped fixtures):
 
@@ -44,19 +44,22 @@ from deeplab_keras.preprocessing import preprocess_images
 
 NUM_CLASSES = builtin.NUM_CLASSES
 SIZE = (121, 161)           # 8k+1 sizes, H != W; the val scenes are 120-180 x 160-240
-TRAIN_SECONDS = 25.0
+TRAIN_STEPS = 200          # ~20-30 s here; a time cap bounds it on a loaded machine
+TRAIN_SECONDS_CAP = 45.0
 TRAIN_CROP = 97
 NUM_VAL = 60
 NUM_CALIBRATION = 32
 QUANTIZATIONS = ("float32", "float16", "dynamic_int8", "int8")
 
 
-def train_tiny_model(seconds=TRAIN_SECONDS, max_steps=400, seed=0):
+def train_tiny_model(steps=TRAIN_STEPS, seconds_cap=TRAIN_SECONDS_CAP, seed=0):
     """vgg16_largefov at width 1/8, trained briefly with Adam on the built-in data.
 
     Kernels are re-initialised He-normal: from Keras's Glorot default this
     16-layer ReLU network without BatchNorm barely moves in a few hundred
-    steps; with He init it reaches ~40 % val mIoU in ~25 s on 2 CPU cores.
+    steps; with He init 200 steps (batch 8, 97x97 crops) reach ~40-60 % val
+    mIoU. A fixed step count keeps the model (and the reported figures) the
+    same from run to run; the time cap only matters on an overloaded machine.
     """
     keras.utils.set_random_seed(seed)
     model = build_model("vgg16_largefov", num_classes=NUM_CLASSES, width_multiplier=0.125,
@@ -84,11 +87,11 @@ def train_tiny_model(seconds=TRAIN_SECONDS, max_steps=400, seed=0):
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
-            if time.perf_counter() - self.start > seconds:
+            if time.perf_counter() - self.start > seconds_cap:
                 self.model.stop_training = True
 
     model.compile(keras.optimizers.Adam(1e-3), loss=loss)
-    model.fit(ds, steps_per_epoch=max_steps, epochs=1, callbacks=[StopAfter()], verbose=0)
+    model.fit(ds, steps_per_epoch=steps, epochs=1, callbacks=[StopAfter()], verbose=0)
     return model
 
 
@@ -160,6 +163,7 @@ def _val_image(index):
 def test_trained_model_gives_meaningful_labels(model, val_set, reference):
     """Guards the parity tests: a constant label map would agree trivially."""
     labels = reference["labels"]
+    print(f"Keras val mIoU {checks.miou(val_set[1], labels, NUM_CLASSES):.2f}")
     assert len(np.unique(labels)) >= 4
     assert checks.miou(val_set[1], labels, NUM_CLASSES) > 20.0
 
@@ -176,6 +180,7 @@ def test_export_preprocessing_is_bit_identical_to_shared_preprocessing():
 def test_saved_model_matches_keras(saved_model_dir, val_set, reference):
     out = checks.run_format(saved_model_dir, val_set[0][:20])
     result = checks.compare_outputs({k: v[:20] for k, v in reference.items()}, out)
+    print(f"saved_model: {result}")
     assert result["logits_max_abs_diff"] <= THRESHOLDS["float32"]["logits_max_abs_diff"], result
     assert result["label_agreement"] >= THRESHOLDS["float32"]["label_agreement"], result
 
@@ -289,12 +294,14 @@ def test_tflite_graph_has_only_builtin_ops_and_folded_dilated_convs(tflite_files
 
 def test_tflite_float32_matches_keras(tflite_files, val_set, reference):
     result = checks.compare_outputs(reference, checks.run_format(tflite_files["float32"], val_set[0]))
+    print(f"tflite float32: {result}")
     assert result["logits_max_abs_diff"] <= THRESHOLDS["float32"]["logits_max_abs_diff"], result
     assert result["label_agreement"] >= THRESHOLDS["float32"]["label_agreement"], result
 
 
 def test_tflite_float16_labels_match_keras(tflite_files, val_set, reference):
     result = checks.compare_outputs(reference, checks.run_format(tflite_files["float16"], val_set[0]))
+    print(f"tflite float16: {result}")
     assert result["label_agreement"] >= THRESHOLDS["float16"]["label_agreement"], result
 
 
@@ -335,6 +342,7 @@ def test_dynamic_input_size_leaves_space_to_batch_which_check_ops_rejects(model)
 
 def test_onnx_matches_keras(onnx_file, val_set, reference):
     result = checks.compare_outputs(reference, checks.run_format(onnx_file, val_set[0]))
+    print(f"onnx: {result}")
     assert result["logits_max_abs_diff"] <= THRESHOLDS["float32"]["logits_max_abs_diff"], result
     assert result["label_agreement"] >= THRESHOLDS["float32"]["label_agreement"], result
 
