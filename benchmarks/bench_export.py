@@ -26,6 +26,7 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -61,6 +62,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--crf-iterations", type=int, default=10)
+    p.add_argument("--crf-repeats", type=int, default=None,
+                   help="timed runs for the CRF rows (default: --repeats)")
     p.add_argument("--calibration-images", type=int, default=8)
     p.add_argument("--no-crf", action="store_true", help="skip the CRF rows")
     p.add_argument("--formats", default="tf,saved_model,tflite_float32,tflite_float16,"
@@ -102,13 +105,14 @@ def main(argv=None):
     crf_settings = [None] if args.no_crf else [None, DenseCRF(iterations=args.crf_iterations)]
     for crf in crf_settings:
         tag = "crf" if crf is not None else "plain"
+        repeats = args.repeats if crf is None else (args.crf_repeats or args.repeats)
         labels = {}
 
         def record(name, seconds, file_size=None, export_s=None, out=None, ops=None):
             median, best = seconds
             if out is not None:
                 labels[name] = np.asarray(out)
-            rows.append({"format": name, "crf": crf is not None, "median_s": median,
+            rows.append({"format": name, "crf": crf is not None, "repeats": repeats, "median_s": median,
                          "min_s": best, "size": file_size, "export_s": export_s, "ops": ops})
             size_text = f"{file_size / 2**20:.1f} MiB" if file_size else "-"
             print(f"[{tag}] {name:<22} median {median * 1000:8.0f} ms  min {best * 1000:8.0f} ms"
@@ -119,7 +123,7 @@ def main(argv=None):
             x = tf.constant(image)
             out = {}
             record("TF float32 (tf.function)",
-                   timeit(lambda: out.update(fn(x)), args.repeats), out=None)
+                   timeit(lambda: out.update(fn(x)), repeats), out=None)
             labels["TF float32 (tf.function)"] = out["labels"].numpy()
         if "saved_model" in formats:
             t0 = time.perf_counter()
@@ -128,7 +132,7 @@ def main(argv=None):
             sig = tf.saved_model.load(str(path)).signatures["serving_images"]
             x = tf.constant(image)
             out = {}
-            record("SavedModel", timeit(lambda: out.update(sig(images=x)), args.repeats),
+            record("SavedModel", timeit(lambda: out.update(sig(images=x)), repeats),
                    path_size(path), export_s)
             labels["SavedModel"] = out["labels"].numpy()
         for q in ("float32", "float16", "dynamic_int8", "int8"):
@@ -140,7 +144,7 @@ def main(argv=None):
             export_s = time.perf_counter() - t0
             runner = Interpreter(model_path=str(path), num_threads=args.threads).get_signature_runner()
             out = {}
-            record(f"TFLite {q}", timeit(lambda: out.update(runner(images=image)), args.repeats),
+            record(f"TFLite {q}", timeit(lambda: out.update(runner(images=image)), repeats),
                    path_size(path), export_s, ops=sorted(set(tflite_op_names(path))))
             labels[f"TFLite {q}"] = out["labels"]
         if "onnx" in formats:
@@ -154,7 +158,7 @@ def main(argv=None):
             out = {}
             record("ONNX Runtime", timeit(
                 lambda: out.update(labels_=session.run(["labels"], {"images": image})[0]),
-                args.repeats), path_size(path), export_s)
+                repeats), path_size(path), export_s)
             labels["ONNX Runtime"] = out["labels_"]
         # Same inputs, so every format should give (nearly) the TF labels.
         ref = labels.get("TF float32 (tf.function)")
@@ -162,6 +166,7 @@ def main(argv=None):
             if row["crf"] == (crf is not None) and ref is not None and row["format"] in labels:
                 row["agreement"] = float(np.mean(labels[row["format"]] == ref))
 
+    shutil.rmtree(work, ignore_errors=True)
     report = render(args, model, rows)
     print(report)
     if args.out:
@@ -184,8 +189,12 @@ def render(args, model, rows):
         f"- Model: {args.model}, {model.count_params():,} parameters, {args.num_classes} classes, "
         f"random weights; input {args.size}x{args.size}, batch 1; CRF: {args.crf_iterations} "
         "mean-field iterations (DenseCRF defaults otherwise)",
-        f"- Median and min of {args.repeats} runs after a warm-up run; the graph includes "
-        "pre-processing, bilinear upsampling to 513x513 and argmax in every row.",
+        f"- Median and min of {args.repeats} runs (CRF rows: {args.crf_repeats or args.repeats}) "
+        "after a warm-up run; every row's graph includes pre-processing, bilinear upsampling "
+        "to the input size and argmax.",
+        "- 'labels = TF': pixels whose label equals the TF float32 row's on the same random "
+        "image; with random weights the logits are near-ties, so this is a consistency check, "
+        "not an accuracy figure (tests/test_export.py measures accuracy on a trained model).",
         "",
         "| format | CRF | median latency (s) | min (s) | vs TF float32 | file size | "
         "labels = TF | export time (s) |",
