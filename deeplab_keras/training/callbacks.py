@@ -214,7 +214,8 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
     """Atomic checkpoint every `every` global steps and at the end of training.
 
     A checkpoint is only written when the loss and every weight are finite, so a
-    diverging run keeps its last good checkpoint. Under multi-worker training only
+    diverging run keeps its last good checkpoint; non-finite weights found at a
+    checkpoint also stop training (`nonfinite_at` holds the step). Under multi-worker training only
     the chief writes (`is_chief`); every worker reads the same directory on resume.
 
     Args:
@@ -236,13 +237,20 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         self.verbose = verbose
         self.last_saved_step = None
         self.last_saved_path = None
+        self.nonfinite_at = None
         self._bad = False
 
     def _save(self, step):
         if not self.is_chief or step == self.last_saved_step or step == 0:
             return
-        if self._bad or not weights_are_finite(self.model):
+        if self._bad:
+            return
+        if not weights_are_finite(self.model):
+            # Nothing useful can follow (a ReLU network with Inf weights can still show a
+            # finite loss for a while): stop now and keep the last good checkpoint.
             self._bad = True
+            self.nonfinite_at = step
+            self.model.stop_training = True
             return
         self.last_saved_path = save_checkpoint(self.model, self.run_dir, step, self.keep)
         self.last_saved_step = step

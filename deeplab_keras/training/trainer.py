@@ -147,6 +147,41 @@ def build_networks(config, backbone_weights="config"):
     return base, wrap_msc(base, config.msc_scales, training_outputs=True)
 
 
+def lsuv_init(model, images, skip=()):
+    """Layer-sequential unit-variance rescaling of the conv kernels (from-scratch runs).
+
+    Mishkin & Matas, "All you need is a good init" (ICLR 2016): going from the
+    input to the output, each conv kernel is divided by the standard deviation
+    of the layer's output on `images`, so every layer starts with unit-variance
+    activations. Without it, a plain 15-layer VGG with Keras' Glorot init and
+    Caffe-scaled inputs spends its first few hundred SGD steps on a plateau
+    predicting the class priors.
+
+    Args:
+      model: a functional DeepLab model (its conv layers on one graph).
+      images: float32 [B, H, W, 3] preprocessed training images.
+      skip: layers left as they are (the classifier, whose N(0, 0.01) init is DeepLab's).
+
+    Returns:
+      The list of (layer name, std before rescaling).
+    """
+    import tensorflow as tf
+
+    skipped = {id(layer) for layer in skip}
+    convs = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.Conv2D) and id(layer) not in skipped]
+    probe = keras.Model(model.inputs, [layer.output for layer in convs])
+    stds = []
+    for i, layer in enumerate(convs):
+        std = float(tf.math.reduce_std(probe(images, training=False)[i]))
+        if not 0 < std < float("inf"):
+            raise ValueError(f"LSUV init: layer {layer.name} has output std {std} on the "
+                             "probe batch; cannot rescale it.")
+        layer.kernel.assign(layer.kernel / std)
+        stds.append((layer.name, std))
+    return stds
+
+
 def check_resumable(config, run_dir):
     """Refuse to resume a run whose architecture differs (names the keys and values)."""
     path = Path(run_dir) / CONFIG_FILE
@@ -257,6 +292,14 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
             start_step = cb.restore_checkpoint(train_model, latest[1])
             print(f"[train] resumed from {latest[1]} at step {start_step}", flush=True)
 
+        # From scratch: optionally rescale the initial kernels (LSUV) on a training batch.
+        if not latest and config.backbone_weights is None and config.init == "lsuv":
+            from deeplab_keras.models import classifier_layers
+
+            probe_ds = make_train_dataset(config, data_dir, seed=config.seed)
+            images = next(iter(probe_ds))[0]
+            lsuv_init(base, images, skip=classifier_layers(base))
+
     # 5. fit, in "epochs" of steps_per_epoch steps up to config.steps.
     history = {}
     stop_nan = cb.StopOnNonFinite()
@@ -291,11 +334,14 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
 
     step = cb._current_step(train_model)
     last = cb.latest_checkpoint(run_dir)
-    if stop_nan.diverged_at is not None:
+    if stop_nan.diverged_at is not None or checkpoints.nonfinite_at is not None:
         where = (f"The last good checkpoint is {last[1]} (step {last[0]}); it is kept."
                  if last else "No checkpoint had been written yet.")
+        what = (f"step {stop_nan.diverged_at}: loss={stop_nan.loss}"
+                if stop_nan.diverged_at is not None
+                else f"step {checkpoints.nonfinite_at}: the weights hold NaN/Inf")
         raise cb.TrainingDivergedError(
-            f"Training diverged at step {stop_nan.diverged_at}: loss={stop_nan.loss}. {where} "
+            f"Training diverged at {what}. {where} "
             f"Lower the learning rate (base_lr={config.base_lr}) and resume or start again.")
 
     # 6. The inference network: single scale, uncompiled, no distribution scope.
