@@ -1,6 +1,7 @@
 """A short run on the built-in data: the loss falls and the mIoU rises far above chance."""
 
 import numpy as np
+import pytest
 
 from deeplab_keras.data import builtin
 from deeplab_keras.evaluation import evaluate_split
@@ -33,3 +34,17 @@ def test_short_builtin_run_learns(tmp_path):
     # guess and most foreground classes overlap their ground truth.
     assert scores.iou[0] > majority.iou_per_class()[0], scores.iou
     assert sum(iou > 0.2 for iou in scores.iou[1:]) >= 3, scores.iou
+
+
+def test_msc_training_has_one_loss_per_scale_plus_fused(tmp_path):
+    """The v2 recipe: MSC inputs 1, 0.75, 0.5 and 4 losses (3 scales + max-fused)."""
+    config = apply_overrides(get_preset("builtin"), dict(
+        width_multiplier=0.0625, crop_size=65, batch_size=2, steps=2, steps_per_epoch=2,
+        checkpoint_every=2, msc_training=True, output_dir=str(tmp_path / "msc"),
+        evaluate=False, export_dir=None))
+    result = train(config, verbose=0)
+    per_output = {k for k in result.history if k.endswith("_loss")}
+    assert per_output == {"fused_loss", "scale_1.00_loss", "scale_0.75_loss", "scale_0.50_loss"}
+    total = result.history["loss"][0]
+    assert total == pytest.approx(sum(result.history[k][0] for k in per_output), rel=1e-4)
+    assert result.model.output_shape[-1] == builtin.NUM_CLASSES  # single-scale inference copy
