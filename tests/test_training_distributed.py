@@ -35,7 +35,8 @@ MIRRORED = textwrap.dedent("""
     for name, devs in (("one", devices[:1]), ("two", devices)):
         cfg = apply_overrides(get_preset("builtin"), dict(
             width_multiplier=0.0625, crop_size=65, batch_size=4, steps=6, steps_per_epoch=1,
-            checkpoint_every=100, base_lr=0.01, seed=3, output_dir=sys.argv[1] + "/" + name,
+            checkpoint_every=100, base_lr=0.01, init="keras", seed=3,
+            output_dir=sys.argv[1] + "/" + name,
             evaluate=False, export_dir=None))
         result = train(cfg, devices=devs, verbose=0)
         out[name] = result.history["loss"]

@@ -24,7 +24,6 @@ Example:
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from deeplab_keras.training.atomic import atomic_save, atomic_write_text, check_writable  # noqa: F401
+from deeplab_keras.training.atomic import atomic_save
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.weights\.h5$")

@@ -17,7 +17,6 @@ Policy under test:
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
