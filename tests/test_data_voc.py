@@ -141,3 +141,30 @@ def test_non_vocdevkit_dir_names_missing_path(tmp_path):
     (tmp_path / "stuff").mkdir()
     with pytest.raises(FileNotFoundError, match="VOC2012"):
         voc.list_examples(tmp_path / "stuff", "train")
+
+
+def test_train_aug_pipeline_mixes_palette_pngs_and_sbd_mat(tmp_path):
+    """The paper's setup: VOC palette PNGs and SBD .mat labels in one dataset (two
+    label decoders in one tf.data map) give exactly the ids the Python readers give."""
+    from deeplab_keras.data import make_dataset
+
+    voc_train, voc_val = _names("a", 3), _names("a", 1, 3)
+    exs = list(synthetic.make_examples(voc_train + voc_val, seed=5,
+                                       min_hw=(20, 24), max_hw=(28, 32)))
+    synthetic.write_voc(tmp_path / "VOCdevkit", exs, {
+        "train": voc_train, "val": voc_val, "trainval": voc_train + voc_val})
+    sbd_exs = list(synthetic.make_examples(_names("b", 3), seed=6, min_hw=(20, 24),
+                                           max_hw=(28, 32), boundaries=False))
+    # a_0000 is in both (same image, as in the real releases): VOC's label wins.
+    sbd = synthetic.write_sbd(tmp_path / "benchmark_RELEASE" / "dataset",
+                              sbd_exs + exs[:1], _names("b", 2) + ["a_0000"], ["b_0002"])
+    listed = voc.list_examples(tmp_path / "VOCdevkit", "train_aug", sbd_dir=sbd)
+    assert [e.name for e in listed] == sorted(voc_train + _names("b", 3))
+    kinds = {decode.inspect_label(e.label_path)[0] for e in listed}
+    assert kinds == {decode.LabelKind.COLOUR, decode.LabelKind.PYTHON}
+    ds = make_dataset(tmp_path / "VOCdevkit", "train_aug", sbd_dir=sbd,
+                      training=False, batch_size=1)
+    got = [lab[0].numpy() for _, lab in ds]
+    assert len(got) == len(listed)
+    for e, lab in zip(listed, got):
+        np.testing.assert_array_equal(lab, decode.read_label(e.label_path), err_msg=e.name)

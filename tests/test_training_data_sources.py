@@ -44,10 +44,6 @@ def test_voc_files_with_segmentation_class_aug(voc_and_sbd, tmp_path):
     _train_aug(voc_and_sbd, voc_and_sbd / "SegmentationClassAug", tmp_path)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "deeplab_keras.data.decode.decode_label_tf builds tf.switch_case with the label kinds "
-    "present as keys; VOC palette PNGs (COLOUR=1) + SBD .mat (PYTHON=2) give keys {1, 2}, "
-    "which switch_case refuses (keys must be 0..n-1). Owned by the data module."))
 def test_voc_files_with_sbd_mat_train_aug(voc_and_sbd, tmp_path):
     _train_aug(voc_and_sbd, voc_and_sbd / "benchmark_RELEASE", tmp_path)
 

@@ -363,9 +363,12 @@ def decode_label_tf(path, kind, kinds_present=tuple(LabelKind)):
     if len(kinds) == 1:
         lab, ok = fns[kinds[0]]()
     else:
-        lab, ok = tf.switch_case(
-            tf.cast(kind, tf.int32),
-            branch_fns={k: fns[k] for k in kinds})
+        # switch_case wants branch keys 0..n-1, so switch on the kind's position in
+        # `kinds` (e.g. VOC palette PNGs + SBD .mat are kinds {1, 2}).
+        position = tf.argmax(tf.cast(tf.equal(tf.constant(kinds, tf.int32),
+                                              tf.cast(kind, tf.int32)), tf.int32),
+                             output_type=tf.int32)
+        lab, ok = tf.switch_case(position, branch_fns=[fns[k] for k in kinds])
     lab = tf.ensure_shape(lab, [None, None])
     return lab, ok
 
