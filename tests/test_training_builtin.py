@@ -14,7 +14,7 @@ def test_short_builtin_run_learns(tmp_path):
     # The builtin preset at 1/4 of its width-squared cost and 250 of its 400 steps.
     config = apply_overrides(get_preset("builtin"), dict(
         width_multiplier=0.125, steps=250, steps_per_epoch=50, checkpoint_every=250,
-        output_dir=str(tmp_path / "run"), evaluate=False, export_dir=None))
+        val_miou_images=20, output_dir=str(tmp_path / "run"), evaluate=False, export_dir=None))
     result = train(config, verbose=0)
     losses = result.history["loss"]  # mean loss of each 50-step block
     assert len(losses) == 5 and np.all(np.isfinite(losses))
@@ -34,6 +34,17 @@ def test_short_builtin_run_learns(tmp_path):
     # guess and most foreground classes overlap their ground truth.
     assert scores.iou[0] > majority.iou_per_class()[0], scores.iou
     assert sum(iou > 0.2 for iou in scores.iou[1:]) >= 3, scores.iou
+
+    # The per-epoch val mIoU (same 20 images) is in the history and the CSV log, for
+    # the training curves; the last one is the final model's.
+    curve = result.history["val_miou"]
+    assert len(curve) == 5 and curve[-1] == pytest.approx(scores.miou, abs=1e-6), curve
+    assert curve[-1] > curve[0], curve
+    import csv
+
+    with open(result.run_dir / "training_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["val_miou"]) for r in rows] == pytest.approx(curve)
 
 
 def test_msc_training_has_one_loss_per_scale_plus_fused(tmp_path):

@@ -277,3 +277,21 @@ class LearningRateLogger(keras.callbacks.Callback):
         if logs is not None:
             opt = self.model.optimizer
             logs["learning_rate"] = float(ops.convert_to_numpy(opt.learning_rate))
+
+
+class EpochMeanIoU(keras.callbacks.Callback):
+    """Adds `val_miou` to each epoch's logs, so CSVLogger / TensorBoard (placed after
+    this callback) record it next to the loss and the curves show both.
+
+    Args:
+      evaluate: a function of no arguments returning the current mIoU (a float),
+        e.g. `evaluate_split(model, ..., limit=N, verbose=False).miou`.
+    """
+
+    def __init__(self, evaluate):
+        super().__init__()
+        self.evaluate = evaluate
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["val_miou"] = float(self.evaluate())

@@ -80,6 +80,8 @@ class TrainConfig:
       checkpoint_every: steps between checkpoints (one is also written at the end).
       keep_checkpoints: how many recent checkpoints to keep on disk.
       steps_per_epoch: steps per Keras "epoch" (one progress bar, one CSV row).
+      val_miou_images: after every epoch, the mIoU on the first N images of
+        `val_split`, logged as `val_miou` (CSV log, TensorBoard); 0 = off.
       resume: "auto" (continue from the latest checkpoint if there is one),
         "require" (fail without one) or "never" (fail if one exists).
       multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG instead of
@@ -130,6 +132,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     steps_per_epoch: int = 100
+    val_miou_images: int = 0
     resume: str = "auto"
     multi_worker: bool = False
     # After training
@@ -223,6 +226,9 @@ def validate(cfg):
         raise ValueError(f"resume must be one of {RESUME_MODES}. Received: resume={cfg.resume!r}")
     if cfg.seed < 0:
         raise ValueError(f"seed must be >= 0. Received: seed={cfg.seed}")
+    if cfg.val_miou_images < 0:
+        raise ValueError("val_miou_images must be >= 0 (0 = off). "
+                         f"Received: val_miou_images={cfg.val_miou_images}")
     for key in ("msc_scales", "eval_scales"):
         scales = getattr(cfg, key)
         if not scales or any(s <= 0 for s in scales):
@@ -463,5 +469,5 @@ register_preset(TrainConfig(
     name="builtin", model="vgg16_largefov", num_classes=_builtin.NUM_CLASSES,
     width_multiplier=0.25, backbone_weights=None, init="lsuv", dropout=0.0,
     train_split="train", val_split="val", cache_data=True, crop_size=129, batch_size=8,
-    steps=400, base_lr=3e-3, lr_policy="poly", checkpoint_every=200, steps_per_epoch=100,
-    export_dir="savedmodels"))
+    steps=400, base_lr=3e-3, lr_policy="poly", checkpoint_every=200, steps_per_epoch=50,
+    val_miou_images=25, export_dir="savedmodels"))

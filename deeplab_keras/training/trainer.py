@@ -315,6 +315,7 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
             cb.StopAtStep(config.steps),
             checkpoints,
             cb.LearningRateLogger(),
+            *_epoch_miou(config, base, data_dir, chief),
             keras.callbacks.CSVLogger(str(log_dir / "training_log.csv"), append=start_step > 0),
             *_tensorboard(log_dir / "logs"),
             *extra_callbacks,
@@ -374,6 +375,23 @@ def _prebuild_for_multi_worker(model, dataset):
         return {k: tf.reshape(v, [1]) for k, v in train_step(data).items()}
 
     model.train_step = train_step_1d_logs
+
+
+def _epoch_miou(config, base, data_dir, chief):
+    """`val_miou` in the epoch logs (before CSVLogger / TensorBoard read them), from the
+    chief's single-scale network on the first `val_miou_images` val images."""
+    if not (config.val_miou_images and chief):
+        return []
+    from deeplab_keras.evaluation import evaluate_split
+
+    def evaluate():
+        return evaluate_split(
+            base, data_dir, config.val_split, num_classes=config.num_classes,
+            limit=config.val_miou_images, sbd_dir=config.sbd_dir, tfds=config.tfds,
+            tfds_data_dir=config.tfds_data_dir, tfds_manual_dir=config.tfds_manual_dir,
+            verbose=False).miou
+
+    return [cb.EpochMeanIoU(evaluate)]
 
 
 def _tensorboard(log_dir):
