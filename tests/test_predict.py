@@ -14,6 +14,7 @@ from PIL import Image
 
 from deeplab_keras.palette import VOC_PALETTE
 from deeplab_keras.predict import main, predict_paths
+from tests.helpers import save_tiny_model
 
 NUM_CLASSES = 5
 
@@ -29,15 +30,7 @@ def _structured_image(h, w, seed):
 
 @pytest.fixture(scope="module")
 def tiny_model_path(tmp_path_factory):
-    import keras
-
-    from deeplab_keras.models import build_model
-
-    keras.utils.set_random_seed(0)
-    model = build_model("vgg16_largefov", num_classes=NUM_CLASSES, width_multiplier=0.125)
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    model.save(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model"), NUM_CLASSES, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ ONNX (at a fixed input size).
 """
 
 import contextlib
+import inspect
 import math
 import numbers
 import threading
@@ -35,6 +36,11 @@ from deeplab_keras.crf.permutohedral import IMPLEMENTATIONS, build_lattice, latt
 
 # pydensecrf adds 1e-20 before the inverse square root of the kernel's row sums.
 _NORM_EPS = 1e-20
+
+
+# The mean-field parameters shared by `dense_crf`, `DenseCRF` and its config.
+_PARAM_NAMES = ("iterations", "spatial_weight", "spatial_sigma", "bilateral_weight",
+                "bilateral_spatial_sigma", "bilateral_color_sigma")
 
 
 def _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
@@ -299,25 +305,19 @@ class DenseCRF(keras.layers.Layer):
         self.bilateral_spatial_sigma = float(bilateral_spatial_sigma)
         self.bilateral_color_sigma = float(bilateral_color_sigma)
 
+    def _params(self):
+        """The mean-field parameters, as `dense_crf` takes them."""
+        return {name: getattr(self, name) for name in _PARAM_NAMES}
+
     def call(self, images, logits):
-        return dense_crf(
-            images, logits,
-            iterations=self.iterations,
-            spatial_weight=self.spatial_weight,
-            spatial_sigma=self.spatial_sigma,
-            bilateral_weight=self.bilateral_weight,
-            bilateral_spatial_sigma=self.bilateral_spatial_sigma,
-            bilateral_color_sigma=self.bilateral_color_sigma,
-            implementation=self.implementation,
-        )
+        return dense_crf(images, logits, **self._params(), implementation=self.implementation)
 
     @classmethod
     def from_config(cls, config):
         # Validate first so that a bad stored value is a ValueError naming it,
         # not Keras's generic deserialization TypeError.
-        defaults = dict(iterations=10, spatial_weight=3.0, spatial_sigma=1.0, bilateral_weight=4.0,
-                        bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0)
-        _check_params(**{k: config.get(k, v) for k, v in defaults.items()})
+        defaults = inspect.signature(cls.__init__).parameters
+        _check_params(**{k: config.get(k, defaults[k].default) for k in _PARAM_NAMES})
         _resolve_implementation(config.get("implementation", "auto"))
         return super().from_config(config)
 
@@ -326,13 +326,5 @@ class DenseCRF(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            iterations=self.iterations,
-            spatial_weight=self.spatial_weight,
-            spatial_sigma=self.spatial_sigma,
-            bilateral_weight=self.bilateral_weight,
-            bilateral_spatial_sigma=self.bilateral_spatial_sigma,
-            bilateral_color_sigma=self.bilateral_color_sigma,
-            implementation=self.implementation,
-        )
+        config.update(self._params(), implementation=self.implementation)
         return config

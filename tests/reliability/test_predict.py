@@ -21,21 +21,14 @@ from PIL import Image, ImageOps
 from deeplab_keras import predict
 from deeplab_keras.predict import (ImageReadError, ModelOutputError, main, predict_image,
                                    predict_paths, read_image)
+from tests.helpers import save_tiny_model
 
 NUM_CLASSES = 4
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    import keras
-
-    from deeplab_keras.models import build_model
-
-    keras.utils.set_random_seed(1)
-    model = build_model("vgg16_largefov", num_classes=NUM_CLASSES, width_multiplier=0.125)
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    model.save(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model"), NUM_CLASSES, seed=1)
 
 
 @pytest.fixture(scope="module")
