@@ -11,6 +11,8 @@ Submodules:
 The heavy submodules are imported lazily so that `import deeplab_keras` is cheap.
 """
 
+from deeplab_keras._lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -25,12 +27,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    import importlib
-
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in ("models", "crf", "data", "training", "evaluation", "export",
-                "predict", "preprocessing", "palette", "viz"):
-        return importlib.import_module(f"deeplab_keras.{name}")
-    raise AttributeError(f"module 'deeplab_keras' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, (
+    "models", "crf", "data", "training", "evaluation", "export", "predict", "preprocessing",
+    "palette", "viz"))

@@ -10,6 +10,8 @@ TensorFlow is imported only when the pipeline is used, so `builtin` and `voc`
 stay cheap to import.
 """
 
+from deeplab_keras._lazy import lazy_getattr
+
 _LAZY = {
     "make_dataset": "deeplab_keras.data.pipeline",
     "make_tfds_dataset": "deeplab_keras.data.pipeline",
@@ -23,11 +25,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    import importlib
-
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in ("builtin", "voc", "decode", "pipeline", "tfds_builder", "synthetic"):
-        return importlib.import_module(f"deeplab_keras.data.{name}")
-    raise AttributeError(f"module 'deeplab_keras.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, (
+    "builtin", "voc", "decode", "pipeline", "tfds_builder", "synthetic"))

@@ -18,6 +18,7 @@ Example:
   >>> export_tflite(model, "model_int8.tflite", size=513, quantization="int8")
 """
 
+from deeplab_keras._lazy import lazy_getattr
 from deeplab_keras.export.saved_model import export_saved_model
 
 __all__ = ["export_saved_model", "export_tflite", "export_onnx", "run_tflite", "run_onnx",
@@ -35,9 +36,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    import importlib
-
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'deeplab_keras.export' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
