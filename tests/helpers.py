@@ -13,3 +13,19 @@ def save_tiny_model(directory, num_classes, seed):
     path = directory / "tiny.keras"
     model.save(path)
     return path
+
+
+def png_bytes(width, height, idat, *, bit_depth=8, color_type=2):
+    """A PNG file written chunk by chunk, for headers PIL would not write: any
+    declared size (the pixel data `idat`, already zlib-compressed, may be far
+    shorter than the header promises) and 16-bit colour. color_type 0 = grey, 2 = RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))

@@ -10,7 +10,6 @@ names the file. `on_error="skip"` drops bad examples instead.
 import io
 import json
 import logging
-import struct
 import tracemalloc
 import zlib
 
@@ -22,6 +21,7 @@ from PIL import Image
 from deeplab_keras.data import builtin, decode, make_dataset, synthetic, voc
 from deeplab_keras.data.decode import DataError
 from deeplab_keras.palette import VOC_PALETTE
+from tests.helpers import png_bytes
 
 H, W = 12, 16
 
@@ -169,13 +169,8 @@ class TestImages:
             assert set(vals.tolist()) <= {7, 255} and (y.numpy() == 255).sum() >= 9 * 9 - 4
 
     def test_very_large_image_refused_without_decoding(self, tmp_path):
-        def chunk(kind, data):
-            return (struct.pack(">I", len(data)) + kind + data
-                    + struct.pack(">I", zlib.crc32(kind + data)))
         # A valid 10000x10000 RGB PNG header; the pixel data is never read.
-        png = (b"\x89PNG\r\n\x1a\n"
-               + chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0))
-               + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+        png = png_bytes(10000, 10000, zlib.compress(b"\x00" * 100), color_type=2)
         root = make_voc(tmp_path, {"huge": (png, good()[1])})
         tracemalloc.start()
         with pytest.raises(DataError, match=r"10000x10000.*max_image_pixels.*huge\.jpg"):
@@ -185,13 +180,8 @@ class TestImages:
         assert peak < 50 * 2**20  # 10000x10000x3 would be 300 MB
 
     def test_decompression_bomb_size_refused(self, tmp_path):
-        def chunk(kind, data):
-            return (struct.pack(">I", len(data)) + kind + data
-                    + struct.pack(">I", zlib.crc32(kind + data)))
         # 30000x30000 is past PIL's own bomb limit, which raises on open.
-        png = (b"\x89PNG\r\n\x1a\n"
-               + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
-               + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+        png = png_bytes(30000, 30000, zlib.compress(b"\x00" * 100), color_type=0)
         root = make_voc(tmp_path, {"bomb": (png, good()[1])})
         with pytest.raises(DataError, match=r"too large.*bomb\.jpg"):
             make_dataset(root, "train", training=True, batch_size=1)

@@ -32,6 +32,7 @@ from deeplab_keras.export.saved_model import existing_versions, export_saved_mod
 from deeplab_keras.export.serving import ServingModule
 from deeplab_keras.export.tflite import convert_tflite, export_tflite
 from deeplab_keras.models import build_model
+from tests.helpers import png_bytes
 
 NUM_CLASSES = 6
 PIXEL_LIMIT = 96 * 96
@@ -145,18 +146,11 @@ class TestImages:
     def test_decompression_bomb_png_is_refused_from_its_header(self, vgg):
         """A 30000 x 30000 PNG of ~1 MB would decode to 2.7 GB: refused unread."""
         module = ServingModule(vgg, max_image_pixels=PIXEL_LIMIT)
-        import struct
         import zlib
 
         row = b"\x00" + b"\x00" * (30000 * 3)
         raw = zlib.compress(row * 8, 9)  # a few rows are enough: the header is what counts
-        ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-
-        def chunk(kind, body):
-            return (struct.pack(">I", len(body)) + kind + body
-                    + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-        png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+        png = png_bytes(30000, 30000, raw, color_type=2)
         with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
             module.serve_bytes(tf.constant([png]))
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from deeplab_keras import predict
 from deeplab_keras.predict import (ImageReadError, ModelOutputError, main, predict_image,
                                    predict_paths, read_image)
-from tests.helpers import save_tiny_model
+from tests.helpers import png_bytes, save_tiny_model
 
 NUM_CLASSES = 4
 
@@ -52,21 +52,13 @@ def _labels_of(out_dir, stem):
 
 def _write_png16(path, values):
     """A 16-bit PNG written byte by byte (PIL cannot write 16-bit RGB)."""
-    import struct
     import zlib
 
     values = np.asarray(values, np.uint16)
     h, w = values.shape[:2]
     color_type = 2 if values.ndim == 3 else 0
     raw = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
-
-    def chunk(tag, data):
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(png_bytes(w, h, zlib.compress(raw), bit_depth=16, color_type=color_type))
 
 
 class TestImages:
