@@ -121,34 +121,24 @@ than the paper's SGD with momentum: from scratch and in 300 steps, SGD does not
 get anywhere (the paper's SGD recipe starts from ImageNet weights; see
 `deeplab_keras.training.make_optimizer`).
 
-A small callback adds the validation mIoU (first 20 val images, full
-resolution) to each epoch's logs, so `CSVLogger` writes it next to the loss."""),
+The library's `EpochMeanIoU` callback (the one `train.py` uses) adds the
+validation mIoU (first 20 val images, full resolution) to each epoch's logs, so
+`CSVLogger` writes it next to the loss."""),
     ("code", """\
 from deeplab_keras.evaluation import evaluate_split
 from deeplab_keras.training import SegmentationCrossEntropy
+from deeplab_keras.training.callbacks import EpochMeanIoU
 
 STEPS, STEPS_PER_EPOCH = 300, 50
 schedule = keras.optimizers.schedules.PolynomialDecay(1e-3, STEPS, end_learning_rate=0.0,
                                                       power=0.9)
 model.compile(optimizer=keras.optimizers.Adam(schedule), loss=SegmentationCrossEntropy())
-
-
-class ValidationMeanIoU(keras.callbacks.Callback):
-    \"\"\"Adds `val_miou` (mIoU on the first `limit` val images) to the epoch logs.\"\"\"
-
-    def __init__(self, limit=20):
-        super().__init__()
-        self.limit = limit
-
-    def on_epoch_end(self, epoch, logs=None):
-        result = evaluate_split(self.model, voc_dir, "val", num_classes=NUM_CLASSES,
-                                limit=self.limit, verbose=False)
-        logs["val_miou"] = result.miou
-
+val_miou = EpochMeanIoU(lambda: evaluate_split(model, voc_dir, "val", num_classes=NUM_CLASSES,
+                                               limit=20, verbose=False).miou)
 
 log_path = WORK_DIR / "training_log.csv"
 history = model.fit(train_ds, epochs=STEPS // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH,
-                    callbacks=[ValidationMeanIoU(), keras.callbacks.CSVLogger(str(log_path))])"""),
+                    callbacks=[val_miou, keras.callbacks.CSVLogger(str(log_path))])"""),
     ("code", """\
 print(log_path.read_text())
 viz.plot_training_curves(log_path)"""),
