@@ -22,7 +22,8 @@ from deeplab_keras.models import (
     resize_logits,
     wrap_msc,
 )
-from deeplab_keras.models.strides import strides_to_dilations
+from deeplab_keras.models.registry import get_spec
+from deeplab_keras.models.strides import logits_size, strides_to_dilations
 
 SMALL = 1 / 16
 NAMES = ["vgg16_largefov", "vgg16_aspp_s", "vgg16_aspp_l", "resnet101_aspp"]
@@ -67,10 +68,10 @@ def test_exact_parameter_count_with_21_classes(full_models, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("hw", [(321, 321), (513, 513), (97, 131)])
-def test_logits_are_at_one_eighth_rounded_up(small_models, name, hw):
+@pytest.mark.parametrize("hw", [(321, 321), (513, 513), (97, 131), (375, 500)])
+def test_logits_follow_caffe_size_arithmetic(small_models, name, hw):
     out = small_models[name](_images((1, *hw, 3)))
-    assert tuple(out.shape) == (1, math.ceil(hw[0] / 8), math.ceil(hw[1] / 8), 21)
+    assert tuple(out.shape) == (1, *logits_size(get_spec(name).backbone, hw), 21)
     assert out.dtype == tf.float32
 
 
@@ -83,7 +84,7 @@ def test_full_width_forward_shape_and_finite(full_models, name):
 
 def test_num_classes_sets_the_logit_channels():
     model = build_model("vgg16_aspp_s", num_classes=5, width_multiplier=SMALL)
-    assert tuple(model(_images((2, 33, 40, 3))).shape) == (2, 5, 5, 5)
+    assert tuple(model(_images((2, 33, 40, 3))).shape) == (2, 5, 6, 5)  # 33->17->9->5, 40->21->11->6
 
 
 def test_fixed_input_shape_gives_static_output_shape():
@@ -111,6 +112,38 @@ def test_vgg16_largefov_structure_follows_the_paper(full_models):
     assert (tuple(fc7["kernel_size"]), fc7["filters"]) == ((1, 1), 1024)
     assert (tuple(fc8["kernel_size"]), fc8["filters"]) == ((1, 1), 21)
     assert _cfg(m, "drop6")["rate"] == 0.5 and _cfg(m, "drop7")["rate"] == 0.5
+
+
+def test_largefov_pool5a_is_caffe_ave_pool_including_padding():
+    """pool5a (AVE k3 s1 p1) divides by 9 everywhere, also at the border."""
+    model = build_model("vgg16_largefov", width_multiplier=SMALL)
+    pool5a = keras.Model(model.get_layer("pool5a_pad").input, model.get_layer("pool5a").output)
+    x = np.ones((1, 4, 5, model.get_layer("pool5a").input.shape[-1]), "float32")
+    out = pool5a(x).numpy()[0, :, :, 0]
+    expected = np.full((4, 5), 9.0)
+    expected[[0, -1], :] = 6.0
+    expected[:, [0, -1]] = 6.0
+    expected[[0, 0, -1, -1], [0, -1, 0, -1]] = 4.0
+    np.testing.assert_allclose(out, expected / 9.0, rtol=1e-6)
+    assert not model.get_layer("pool5a").weights
+    assert "pool5a" not in [l.name for l in build_model("vgg16_aspp_l", width_multiplier=SMALL).layers]
+
+
+def test_stride2_pools_use_caffe_ceil_mode_windows():
+    """375x500 -> 48x64 (Caffe LargeFOV); windows start at -1 as in Caffe, not at 0."""
+    from deeplab_keras.models.layers import caffe_max_pool
+
+    x = keras.Input((None, None, 1))
+    pool = keras.Model(x, caffe_max_pool(x, 3, 2, 1, name="p", pad_name="p_pad"))
+    row = np.arange(1, 7, dtype="float32").reshape(1, 1, 6, 1)  # width 6 -> Caffe 4 outputs
+    np.testing.assert_array_equal(pool(row).numpy().ravel(), [2, 4, 6, 6])
+    model = build_model("vgg16_largefov", width_multiplier=SMALL)
+    assert tuple(model(_images((1, 375, 500, 3))).shape[1:3]) == (48, 64)
+
+
+def test_resnet_batchnorm_epsilon_is_caffe_default(small_models):
+    bns = [l for l in small_models["resnet101_aspp"].layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(l.epsilon == 1e-5 for l in bns)
 
 
 @pytest.mark.parametrize("name,rates", [("vgg16_aspp_s", (2, 4, 8, 12)), ("vgg16_aspp_l", (6, 12, 18, 24))])
@@ -168,7 +201,7 @@ def test_output_stride_derived_from_one_setting():
 def test_gradients_reach_every_trainable_weight_without_nan(small_models, name):
     model = small_models[name]
     x = _images((2, 35, 43, 3), seed=1)
-    labels = np.random.default_rng(2).integers(0, 21, (2, 5, 6))
+    labels = np.random.default_rng(2).integers(0, 21, (2, *logits_size(get_spec(name).backbone, (35, 43))))
     with tf.GradientTape() as tape:
         logits = model(x, training=True)
         loss = tf.reduce_mean(
@@ -277,17 +310,17 @@ def test_msc_outputs_and_max_fusion_match_a_manual_computation(small_models):
     x = _images((2, 57, 70, 3))
     out = msc(x)
     assert sorted(out) == ["fused", "scale_0.50", "scale_0.75", "scale_1.00"]
-    assert tuple(out["fused"].shape) == (2, 8, 9, 21)
-    assert tuple(out["scale_1.00"].shape) == (2, 8, 9, 21)
-    assert tuple(out["scale_0.75"].shape) == (2, 6, 7, 21)  # input ceil(57*.75)=43 x 53
-    assert tuple(out["scale_0.50"].shape) == (2, 4, 5, 21)  # input 29 x 35
+    assert tuple(out["fused"].shape) == (2, 8, 10, 21)
+    assert tuple(out["scale_1.00"].shape) == (2, 8, 10, 21)
+    assert tuple(out["scale_0.75"].shape) == (2, 7, 8, 21)  # input ceil(57*.75)=43 x 53
+    assert tuple(out["scale_0.50"].shape) == (2, 5, 6, 21)  # input 29 x 35
     maps = []
     for s in (1.0, 0.75, 0.5):
         size = (math.ceil(57 * s), math.ceil(70 * s))
         xs = x if s == 1.0 else tf.image.resize(x, size, method="bilinear")
         logits = base(xs)
         np.testing.assert_allclose(out[f"scale_{s:.2f}"], logits, rtol=1e-4, atol=1e-4)
-        maps.append(tf.image.resize(logits, (8, 9), method="bilinear"))
+        maps.append(tf.image.resize(logits, (8, 10), method="bilinear"))
     np.testing.assert_allclose(out["fused"], tf.reduce_max(tf.stack(maps), 0), rtol=1e-4, atol=1e-4)
     fused_only = wrap_msc(base)
     np.testing.assert_allclose(fused_only(x), out["fused"], rtol=1e-5, atol=1e-5)

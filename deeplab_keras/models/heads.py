@@ -1,7 +1,8 @@
 """DeepLab classifier heads: LargeFOV (v1), VGG16 ASPP and ResNet-101 ASPP (v2).
 
 Layer names are fixed (weights and `classifier_layers` depend on them):
-- LargeFOV: fc6 (3x3, rate r, 1024) - drop6 - fc7 (1x1, 1024) - drop7 - fc8 (1x1, C).
+- LargeFOV: pool5a (Caffe AVE k3 s1 p1 = sum/9 including the padding; no
+  weights) - fc6 (3x3, rate r, 1024) - drop6 - fc7 (1x1, 1024) - drop7 - fc8 (1x1, C).
 - VGG16 ASPP: branches k = 1..4 named fc6_k, drop6_k, fc7_k, drop7_k, fc8_k; summed
   by `fc8_sum` (DeepLab v2, TPAMI 2017, Sec. 3.3 and Fig. 7).
 - ResNet-101 ASPP: aspp_1 ... aspp_4, 3x3 convs from 2048 channels straight to C,
@@ -13,6 +14,7 @@ Caffe prototxts.
 
 import keras
 
+from deeplab_keras.models.layers import caffe_ave_pool
 from deeplab_keras.models.strides import scale_width
 
 FC_WIDTH = 1024  # fc6/fc7 filters of LargeFOV and of every VGG ASPP branch
@@ -55,7 +57,12 @@ def fc_branch(x, num_classes, rate, width_multiplier, dropout, suffix=""):
 
 
 def largefov_head(x, num_classes, rate, width_multiplier, dropout):
-    """DeepLab v1 LargeFOV head (fc6 rate 12 at output stride 8). Returns [B, h, w, C]."""
+    """DeepLab v1 LargeFOV head: pool5a, then fc6 (rate 12 at output stride 8) - fc7 - fc8.
+
+    pool5a is the AVE pool (k3, s1, p1) of the official DeepLab-LargeFOV
+    test.prototxt between pool5 and fc6. Returns [B, h, w, C].
+    """
+    x = caffe_ave_pool(x, 3, 1, name="pool5a", pad_name="pool5a_pad")
     return fc_branch(x, num_classes, rate, width_multiplier, dropout)
 
 

@@ -1,4 +1,8 @@
-"""Custom Keras layers of the DeepLab models: logit resizing and input rescaling.
+"""Custom Keras layers of the DeepLab models: Caffe pooling, logit resizing, input rescaling.
+
+`caffe_max_pool` / `caffe_ave_pool` reproduce Caffe's pooling arithmetic (ceil
+mode, AVE dividing by the window including padding) with builtin PAD,
+MAX_POOL_2D and AVERAGE_POOL_2D ops (no Flex in TFLite).
 
 Both are thin wrappers around `tf.image.resize` (bilinear, half-pixel centres), the
 op that TFLite (RESIZE_BILINEAR) and ONNX (Resize) convert directly. They are
@@ -11,6 +15,55 @@ import numbers
 
 import keras
 import tensorflow as tf
+
+
+def caffe_max_pool(x, kernel, stride, pad, name, pad_name):
+    """Caffe MAX pooling (ceil mode) of a non-negative (post-ReLU) feature map.
+
+    Caffe's output size is ceil((n + 2p - k) / s) + 1 (`strides.caffe_pool_size`).
+    Padding p on the top/left and p + s - 1 on the bottom/right, then a 'valid'
+    pool, gives exactly that size at every n, with windows starting at -p as in
+    Caffe (TF 'same' starts them at 0 for even n, shifting the map). Zero padding
+    is exact because the input is >= 0 and every window holds at least one real
+    pixel; Caffe's "last window starts in the padding" case cannot occur while
+    p + s <= k, which is checked.
+
+    Args:
+      x: float [B, H, W, C], values >= 0.
+      kernel, stride, pad: Caffe `pooling_param`.
+      name: name of the pooling layer; pad_name: name of the padding layer.
+
+    Returns:
+      float [B, caffe_pool_size(H), caffe_pool_size(W), C].
+    """
+    if pad + stride > kernel:
+        raise ValueError(
+            "caffe_max_pool needs pad + stride <= kernel. "
+            f"Received: kernel={kernel}, stride={stride}, pad={pad}"
+        )
+    if stride == 1 and kernel == 2 * pad + 1:
+        # Size-preserving: TF 'same' pads symmetrically and ignores the padding, as Caffe MAX.
+        return keras.layers.MaxPooling2D(kernel, strides=1, padding="same", name=name)(x)
+    x = keras.layers.ZeroPadding2D(((pad, pad + stride - 1), (pad, pad + stride - 1)), name=pad_name)(x)
+    return keras.layers.MaxPooling2D(kernel, strides=stride, padding="valid", name=name)(x)
+
+
+def caffe_ave_pool(x, kernel, pad, name, pad_name):
+    """Caffe AVE pooling with stride 1 and kernel = 2 * pad + 1 (LargeFOV's pool5a).
+
+    Caffe divides by the window clipped to [-p, n + p), which for these settings
+    is always the full k x k window: the mean includes the zero padding (sum/k^2),
+    unlike Keras AveragePooling2D(padding="same"), which excludes it. Zero
+    padding followed by a 'valid' average pool is that exactly.
+
+    Returns:
+      float [B, H, W, C].
+    """
+    if kernel != 2 * pad + 1:
+        raise ValueError(f"caffe_ave_pool needs kernel = 2 * pad + 1. Received: kernel={kernel}, pad={pad}")
+    x = keras.layers.ZeroPadding2D(pad, name=pad_name)(x)
+    return keras.layers.AveragePooling2D(kernel, strides=1, padding="valid", name=name)(x)
+
 
 def _check_size(size_hw, name="size_hw"):
     """Static (int, int) sizes must be positive; tensors are passed through."""

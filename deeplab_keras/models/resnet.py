@@ -1,12 +1,17 @@
 """ResNet-101 v1 backbone of DeepLab v2, with keras.applications layer names.
 
 As in Caffe's ResNet-101 and `keras.applications.ResNet101`: the stride of a
-stage sits on the first 1x1 conv of its first block (and its 1x1 shortcut), all
-convs have biases, BatchNorm epsilon 1.001e-5. For DeepLab v2 (Chen et al.,
-TPAMI 2017, Sec. 4.3) the strides of conv4_x and conv5_x are removed and their
-3x3 convs dilated by 2 and 4; both follow from `output_stride` through
-`strides_to_dilations`. Layer names (`conv1_conv`, `conv2_block1_1_conv`, ...)
-match keras.applications so ImageNet weights load by name.
+stage sits on the first 1x1 conv of its first block (and its 1x1 shortcut).
+BatchNorm epsilon is 1e-5 (Caffe's default; keras.applications uses 1.001e-5).
+The convs keep the keras.applications biases so that ImageNet weights load;
+Caffe's ResNet convs have `bias_term: false`, so the caffemodel converter sets
+those biases to zero, which computes exactly the Caffe net. pool1 is MAX k3 s2
+p1 in ceil mode (deeplab-pytorch's `MaxPool2d(3, 2, 1, ceil_mode=True)`).
+For DeepLab v2 (Chen et al., TPAMI 2017, Sec. 4.3) the strides of conv4_x and
+conv5_x are removed and their 3x3 convs dilated by 2 and 4; both follow from
+output_stride through `strides_to_dilations`. Layer names (`conv1_conv`,
+`conv2_block1_1_conv`, ...) match keras.applications so ImageNet weights load
+by name.
 
 BatchNorm is frozen by default (DeepLab trains with batch 10 and keeps the
 ImageNet statistics and affine parameters): the BN layers are built with
@@ -17,12 +22,13 @@ would unfreeze them again.
 
 import keras
 
+from deeplab_keras.models.layers import caffe_max_pool
 from deeplab_keras.models.strides import OUTPUT_STRIDE, scale_width, strides_to_dilations
 
 # (bottleneck filters, blocks, nominal stride) of conv2_x ... conv5_x.
 RESNET101_STAGES = ((64, 3, 1), (128, 4, 2), (256, 23, 2), (512, 3, 2))
 STEM_STRIDE = 4  # conv1 (7x7/2) and pool1 (3x3/2)
-BN_EPSILON = 1.001e-5
+BN_EPSILON = 1e-5  # Caffe BatchNorm default
 
 
 def _bn(x, name, freeze_bn):
@@ -75,19 +81,18 @@ def resnet101_backbone(x, width_multiplier=1.0, freeze_bn=True, output_stride=OU
       output_stride: 4, 8, 16 or 32.
 
     Returns:
-      float32 [B, ceil(H/os), ceil(W/os), 2048 * width].
+      float32 [B, h, w, 2048 * width]; at output stride 8, (h, w) =
+      `strides.logits_size("resnet101", (H, W))`.
     """
     schedule = strides_to_dilations(
         [s for _, _, s in RESNET101_STAGES], output_stride, input_stride=STEM_STRIDE
     )
-    # Output size ceil(H/2): pad 3 then a 'valid' 7x7/2 conv, as keras.applications.
+    # Caffe conv1 7x7 s2 p3: ceil(H/2), windows from -3, as keras.applications.
     x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(x)
     x = keras.layers.Conv2D(scale_width(64, width_multiplier), 7, strides=2, name="conv1_conv")(x)
     x = _bn(x, "conv1_bn", freeze_bn)
     x = keras.layers.Activation("relu", name="conv1_relu")(x)
-    # Zero padding is safe for the max pool: its input is post-ReLU (>= 0).
-    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = caffe_max_pool(x, 3, 2, 1, name="pool1_pool", pad_name="pool1_pad")
     for stage, ((filters, blocks, _), (stride, dilation)) in enumerate(
         zip(RESNET101_STAGES, schedule), start=2
     ):

@@ -11,7 +11,8 @@ import math
 import numbers
 
 OUTPUT_STRIDE = 8
-"""Output stride of every DeepLab model: logits are [B, ceil(H/8), ceil(W/8), C]."""
+"""Output stride of every DeepLab model: logits are about H/8 x W/8; the exact size
+follows Caffe's layer arithmetic (`logits_size`)."""
 
 
 def strides_to_dilations(strides, output_stride=OUTPUT_STRIDE, input_stride=1):
@@ -63,3 +64,62 @@ def strides_to_dilations(strides, output_stride=OUTPUT_STRIDE, input_stride=1):
 def scale_width(filters, width_multiplier):
     """Number of filters of a reduced-width model: round(filters * multiplier), >= 1."""
     return max(1, int(round(filters * width_multiplier)))
+
+
+def caffe_conv_size(size, kernel, stride=1, pad=0, dilation=1):
+    """Caffe convolution output size: floor((in + 2p - d(k - 1) - 1) / s) + 1."""
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def caffe_pool_size(size, kernel, stride, pad):
+    """Caffe (and PyTorch ceil_mode) pooling output size.
+
+    out = ceil((in + 2p - k) / s) + 1, minus one when the last window would start
+    in the right padding (Caffe's `PoolingLayer::Reshape`).
+    """
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def logits_size(backbone, size_hw):
+    """Spatial size of the logits of a DeepLab model for an input of size_hw.
+
+    The networks follow the released Caffe nets layer by layer (DESIGN.md Sec. 6):
+    - VGG16: pool1..pool3 are MAX k3 s2 p1 in ceil mode, so each maps
+      n -> floor(n / 2) + 1; every conv and the stride-1 pools keep the size.
+      375x500 -> 48x64; 321 -> 41; 513 -> 65.
+    - ResNet-101: conv1 7x7 s2 p3 maps n -> ceil(n / 2), pool1 MAX k3 s2 p1 ceil
+      (deeplab-pytorch's `MaxPool2d(3, 2, 1, ceil_mode=True)`) n -> floor(n / 2) + 1,
+      res3a's stride-2 1x1 conv n -> ceil(n / 2). 375x500 -> 48x63; 321 -> 41.
+    For H = 8k + 1 both give k + 1 = ceil(H / 8); other sizes differ from ceil(H/8)
+    by up to one row/column.
+
+    Args:
+      backbone: "vgg16" or "resnet101".
+      size_hw: (H, W) positive ints.
+
+    Returns:
+      (h, w) ints.
+
+    Example:
+      >>> logits_size("vgg16", (375, 500)), logits_size("resnet101", (375, 500))
+      ((48, 64), (48, 63))
+    """
+    def side(n):
+        if backbone == "vgg16":
+            for _ in range(3):
+                n = caffe_pool_size(n, 3, 2, 1)
+            return n
+        if backbone == "resnet101":
+            n = caffe_conv_size(n, 7, 2, 3)
+            n = caffe_pool_size(n, 3, 2, 1)
+            return caffe_conv_size(n, 1, 2, 0)
+        raise ValueError(f'backbone must be "vgg16" or "resnet101". Received: backbone={backbone!r}')
+
+    h, w = size_hw
+    for v in (h, w):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"size_hw must hold two positive integers. Received: size_hw={size_hw!r}")
+    return side(int(h)), side(int(w))

@@ -2,7 +2,9 @@
 
 Differences from `keras.applications.VGG16` (Chen et al., DeepLab v1, ICLR 2015,
 Sec. 3.1 and 4.1; DeepLab v2, TPAMI 2017, Sec. 4.1):
-- every pool is 3x3 with 'same' padding (Caffe: kernel 3, pad 1) instead of 2x2;
+- every pool is MAX 3x3 with pad 1 in Caffe's ceil mode instead of 2x2
+  (`layers.caffe_max_pool`): a stride-2 pool maps n -> floor(n / 2) + 1, so the
+  features are (floor(n/2)+1 three times) per side, e.g. 375x500 -> 48x64;
 - the pools after which the cumulative stride would pass `output_stride` get
   stride 1 (pool4, pool5 at stride 8) and the convolutions after them are
   dilated by the removed stride (conv5_x: dilation 2), derived by
@@ -13,6 +15,7 @@ The 13 conv layers keep the names and shapes of keras.applications
 
 import keras
 
+from deeplab_keras.models.layers import caffe_max_pool
 from deeplab_keras.models.strides import OUTPUT_STRIDE, scale_width, strides_to_dilations
 
 # (filters, number of 3x3 convs) of the five VGG16 blocks; each block ends in a pool.
@@ -29,7 +32,8 @@ def vgg16_backbone(x, width_multiplier=1.0, output_stride=OUTPUT_STRIDE):
       output_stride: stride of the returned feature map (8, 16 or 32).
 
     Returns:
-      (features, dilation): float32 [B, ceil(H/os), ceil(W/os), 512 * width]
+      (features, dilation): float32 [B, h, w, 512 * width] with (h, w) =
+      `strides.logits_size("vgg16", (H, W))` at output stride 8
       and the dilation accumulated after pool5 (4 at output stride 8).
     """
     schedule = strides_to_dilations(VGG16_POOL_STRIDES, output_stride)
@@ -46,7 +50,7 @@ def vgg16_backbone(x, width_multiplier=1.0, output_stride=OUTPUT_STRIDE):
                 activation="relu",
                 name=f"block{block}_conv{i}",
             )(x)
-        x = keras.layers.MaxPooling2D(3, strides=stride, padding="same", name=f"block{block}_pool")(x)
+        x = caffe_max_pool(x, 3, stride, 1, name=f"block{block}_pool", pad_name=f"block{block}_pad")
         dilation = next_dilation
     return x, dilation
 
