@@ -19,6 +19,8 @@ def build_parser():
     p.add_argument("--num-classes", type=int, default=None,
                    help="classes of the output; a count different from the source keeps the backbone "
                         "and re-initialises the classifier")
+    p.add_argument("--width-multiplier", type=float, default=1.0,
+                   help="width of the network (1.0 = the released nets; smaller for reduced-width test files)")
     p.add_argument("--verbose", action="store_true", help="print every mapped layer")
     return p
 
@@ -33,7 +35,8 @@ def main(argv=None):
     try:
         if not str(args.output).endswith(".keras"):
             raise ValueError(f"--output must end in .keras. Received: {args.output!r}")
-        result = convert(args.source, model=args.model, num_classes=args.num_classes)
+        result = convert(args.source, model=args.model, num_classes=args.num_classes,
+                         width_multiplier=args.width_multiplier)
         save_atomic(result.model, args.output)
     except (OSError, ValueError) as err:
         print(f"deeplab-convert: error: {err}", file=sys.stderr)

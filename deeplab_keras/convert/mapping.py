@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-_MSC_COPY = re.compile(r"_res0(?:75|5)(?=_|$)")
+_MSC_COPY = re.compile(r"_res0(?:75|5)(?=[_/]|$)")
 _VGG_CONV = re.compile(r"^block(\d)_conv(\d)$")
 _RES_CONV = re.compile(r"^conv(\d)_block(\d+)_(\d)_(conv|bn)$")
 _ASPP = re.compile(r"^aspp_(\d)$")
