@@ -3,7 +3,9 @@
 Public API:
   build_model(name, num_classes=21, backbone_weights=None, ...) -> keras.Model
   available_models() -> list of names
-  OUTPUT_STRIDE (8): logits are [B, ceil(H/8), ceil(W/8), C]
+  OUTPUT_STRIDE (8): logits are about H/8 x W/8; exactly `logits_size(backbone, (H, W))`
+    (Caffe's ceil-mode pools: 321 -> 41, 513 -> 65, 375x500 -> 48x64 for VGG16)
+  load_pretrained(name_or_path) / available_pretrained(): the released DeepLab models
   resize_logits(logits, size_hw) / ResizeLogits: bilinear logits at input resolution
   wrap_msc(model, scales=(1.0, 0.75, 0.5), training_outputs=False): multi-scale inputs
   classifier_layers(model): the 10x learning-rate layers (fc8 / ASPP convs)
@@ -18,20 +20,26 @@ Example:
 from deeplab_keras.models.build import build_model, classifier_layers
 from deeplab_keras.models.layers import ResizeLogits, ScaleImage, resize_logits
 from deeplab_keras.models.msc import wrap_msc
+from deeplab_keras.models.pretrained import Release, available_pretrained, get_release, load_pretrained
 from deeplab_keras.models.registry import ModelSpec, available_models
-from deeplab_keras.models.strides import OUTPUT_STRIDE
+from deeplab_keras.models.strides import OUTPUT_STRIDE, logits_size
 from deeplab_keras.models.weights import decimate_vgg_fc, load_backbone_weights
 
 __all__ = [
     "OUTPUT_STRIDE",
     "ModelSpec",
+    "Release",
     "ResizeLogits",
     "ScaleImage",
     "available_models",
+    "available_pretrained",
     "build_model",
     "classifier_layers",
     "decimate_vgg_fc",
+    "get_release",
     "load_backbone_weights",
+    "load_pretrained",
+    "logits_size",
     "resize_logits",
     "wrap_msc",
 ]

@@ -100,8 +100,10 @@ def build_model(
       num_classes: C, >= 1 (21 for PASCAL VOC).
       backbone_weights: None (random init), "imagenet" (keras.applications
         weights, downloaded by Keras), or a path to a keras.applications
-        VGG16/ResNet101 weights file (.h5 or .weights.h5). VGG fc6/fc7 are
-        decimated from fc1/fc2 when the file has them (see `models.weights`).
+        VGG16/ResNet101 weights file (.h5 or .weights.h5; VGG fc6/fc7 are
+        decimated from fc1/fc2 when the file has them), or a released DeepLab
+        .caffemodel / .pth or DeepLab .keras whose backbone (and VGG fc6/fc7)
+        is taken, e.g. the MS-COCO `init.caffemodel` (see `models.weights`).
       input_shape: (H, W, 3); H, W may be None (any size).
       width_multiplier: scales every conv width of backbone and fc6/fc7 (small
         CPU models); must be 1.0 with backbone_weights.
@@ -117,7 +119,9 @@ def build_model(
 
     Returns:
       keras.Model: images float32 [B, H, W, 3] (preprocessed, Caffe BGR minus
-      mean) -> logits float32 [B, ceil(H/8), ceil(W/8), C] (or the MSC dict).
+      mean) -> logits float32 [B, h, w, C] (or the MSC dict), with (h, w) =
+      `strides.logits_size(backbone, (H, W))`: Caffe's pool arithmetic,
+      e.g. 321 -> 41, 513 -> 65, 375x500 -> 48x64 (VGG16) / 48x63 (ResNet).
 
     Raises:
       ValueError: a bad argument, named with its value; a weights file whose

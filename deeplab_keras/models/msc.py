@@ -4,6 +4,13 @@ The same network (shared weights) runs on the image rescaled by each scale;
 every score map is bilinearly resized to the scale-1 score map and the maps are
 fused by element-wise max. DeepLab trains with one loss on each scale and one on
 the fused map, so the wrapper can also return all of them.
+
+Difference from the released Caffe MSC net: Caffe's Interp resizes with aligned
+corners and sizes (H-1)//shrink + 1 (then zoom), e.g. 375 -> 280 at 0.75; here
+the images are resized with half-pixel centres to ceil(H*s) (375 -> 282) and
+the score maps back with half-pixel centres (`tf.image.resize`, the op TFLite
+and ONNX convert directly). benchmarks/results/convert.md measures what this
+costs against the Caffe-exact MSC reference.
 """
 
 import numbers
@@ -49,12 +56,12 @@ def wrap_msc(model, scales=DEFAULT_SCALES, training_outputs=False, name=None):
         image resized bilinearly to ceil(H*s) x ceil(W*s).
       training_outputs: if True the model returns a dict
         {"fused": [B, h1, w1, C], "scale_1.00": [B, h1, w1, C],
-         "scale_0.75": [B, h, w, C], ...} (h1 = ceil(H/8); each scale at its own
+         "scale_0.75": [B, h, w, C], ...} (h1, w1 = `strides.logits_size(backbone, (H, W))`; each scale at its own
         size) so every output can get its own loss; otherwise only the fused map.
       name: Keras model name (default: f"{model.name}_msc").
 
     Returns:
-      keras.Model: float32 [B, H, W, 3] -> fused logits float32 [B, ceil(H/8), ceil(W/8), C]
+      keras.Model: float32 [B, H, W, 3] -> fused logits float32 [B, h1, w1, C]
       (or the dict above).
 
     Example:

@@ -11,6 +11,13 @@ Sources (`backbone_weights=`):
     name, so the matching keras.applications model is rebuilt and loaded, and
     its layers are then read by name.
 
+- a released DeepLab file (`.caffemodel`, deeplab-pytorch `.pth`) or a
+  converted / trained DeepLab `.keras` model: its backbone (and VGG fc6/fc7)
+  initialises this model, by name and shape; the classifier keeps its fresh
+  initialisation. This is how DeepLab v2 fine-tunes from the MS-COCO
+  `init.caffemodel` (91 classes) to VOC (21): `backbone_weights="init.caffemodel"`.
+  `vgg16_20M.caffemodel` (fc6/fc7 already decimated) works the same way.
+
 Every weighted backbone layer of the DeepLab model must find a source layer of
 the same name with the same number and shapes of arrays; the first that does not
 raises a ValueError naming it. Nothing is loaded unless all layers match.
@@ -199,6 +206,10 @@ def load_backbone_weights(model, source, backbone):
       ValueError: naming the first backbone layer missing from the source or
         whose array shapes differ; nothing is loaded in that case.
     """
+    if str(source).lower().endswith((".caffemodel", ".pth", ".pt")):
+        return _load_released_backbone(model, source)
+    if str(source).lower().endswith(".keras"):
+        return _load_keras_backbone(model, source)
     weights = read_source_weights(source, backbone)
     where = "ImageNet" if source == "imagenet" else repr(str(source))
     plan = []
@@ -238,6 +249,53 @@ def load_backbone_weights(model, source, backbone):
                 stacklevel=3,
             )
 
+    for layer, arrays in plan:
+        layer.set_weights(arrays)
+    return [layer.name for layer, _ in plan]
+
+
+def _load_released_backbone(model, source):
+    """Backbone (+ VGG fc6/fc7) of a .caffemodel / .pth, via the converter's strict mapping."""
+    from deeplab_keras.convert.convert import read_source
+    from deeplab_keras.convert.mapping import plan_weights
+
+    fmt, tensors = read_source(source)
+    plan = plan_weights(model, tensors, fmt, repr(str(source)), backbone_only=True)
+    for layer, arrays in plan.assign:
+        layer.set_weights(arrays)
+    return [layer.name for layer, _ in plan.assign]
+
+
+def _load_keras_backbone(model, source):
+    """Backbone (+ VGG fc6/fc7) of a DeepLab .keras model (e.g. a converted release), by name."""
+    import keras
+
+    path = pathlib.Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"Backbone weights file not found. Received: backbone_weights={str(source)!r}")
+    try:
+        src = keras.models.load_model(path, compile=False)
+    except Exception as err:
+        raise ValueError(f"{str(source)!r} is not a loadable .keras model: {err}") from err
+    inner = [l for l in src.layers if isinstance(l, keras.Model)]
+    src = inner[0] if len(inner) == 1 else src  # an MSC wrapper holds the shared network
+    weights = _harvest(src)
+    plan = []
+    for layer in model.layers:
+        if not layer.weights or layer.name.startswith(("fc8", "aspp_")):
+            continue
+        arrays = weights.get(layer.name)
+        if arrays is None and layer.name.startswith(("fc6_", "fc7_")):
+            arrays = weights.get(layer.name.split("_")[0])  # LargeFOV fc6/fc7 -> every ASPP branch
+        want = [tuple(w.shape) for w in layer.weights]
+        if arrays is None:
+            raise ValueError(f"Layer {layer.name!r} has no weights in {str(source)!r} (expected shapes {want}).")
+        if [tuple(a.shape) for a in arrays] != want:
+            raise ValueError(
+                f"Layer {layer.name!r} does not match {str(source)!r}: expected shapes {want}, "
+                f"the source has {[tuple(a.shape) for a in arrays]}."
+            )
+        plan.append((layer, arrays))
     for layer, arrays in plan:
         layer.set_weights(arrays)
     return [layer.name for layer, _ in plan]

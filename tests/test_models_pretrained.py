@@ -1,0 +1,113 @@
+"""Released-model presets (`load_pretrained`), label sets, and released files as backbone_weights."""
+
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from deeplab_keras import labels
+from deeplab_keras.convert.caffemodel import write_caffemodel
+from deeplab_keras.convert.convert import convert, save_atomic
+from deeplab_keras.models import available_pretrained, build_model, get_release, load_pretrained
+from deeplab_keras.models import pretrained as pretrained_mod
+from deeplab_keras.models.weights import load_backbone_weights
+from tests.test_convert_reference import WIDTH, images, random_blobs, resnet101_net, vgg_largefov_net
+
+
+def _layers(net, blobs):
+    return [(l["name"], l["type"], blobs[l["name"]]) for l in net if l["name"] in blobs]
+
+
+def test_label_sets_have_the_released_class_counts():
+    assert (len(labels.VOC_CLASSES), len(labels.COCO_CLASSES), len(labels.COCOSTUFF_CLASSES)) == (21, 91, 182)
+    assert labels.VOC_CLASSES[15] == "person" and labels.COCO_CLASSES[1] == "person"
+    assert labels.COCOSTUFF_CLASSES[0] == "person" and labels.COCOSTUFF_CLASSES[-1] == "wood"
+    assert labels.labels_for(182) is labels.COCOSTUFF_CLASSES and labels.labels_for(7) is None
+
+
+def test_registry_entries_are_consistent():
+    names = available_pretrained()
+    assert "deeplabv2_resnet101_voc" in names and "deeplabv2_resnet101_coco_init" in names
+    for name in names:
+        r = get_release(name)
+        assert len(r.labels) == r.num_classes and r.url.startswith("http")
+        assert r.url.endswith((".zip", r.file_name))
+    assert get_release("deeplabv2_resnet101_voc").val_miou == (76.35, 77.69)
+    with pytest.raises(ValueError, match="Received: name_or_path='deeplab_v9'"):
+        load_pretrained("deeplab_v9")
+
+
+def test_load_pretrained_downloads_extracts_converts_and_caches(tmp_path, monkeypatch):
+    """The online path, served from a file:// URL: get_file, unzip, pick the member, convert, cache."""
+    net = vgg_largefov_net()
+    blobs = random_blobs(net, seed=8)
+    member = tmp_path / "train_iter_6000.caffemodel"
+    write_caffemodel(member, _layers(net, blobs), v1=True)
+    archive = tmp_path / "prototxt_and_model.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(member, "prototxt_and_model/train_iter_6000.caffemodel")
+    release = get_release("deeplabv1_largefov_voc")
+    monkeypatch.setitem(pretrained_mod._RELEASES, release.name,
+                        pretrained_mod.Release(**{**release.__dict__, "url": archive.as_uri()}))
+    cache = tmp_path / "cache"
+    model = load_pretrained(release.name, cache_dir=str(cache), width_multiplier=WIDTH)
+    x = images((65, 97))
+    expected = convert(member, width_multiplier=WIDTH).model(x)
+    np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-5)
+    cached = list(cache.rglob(f"{release.name}.keras"))
+    assert len(cached) == 1
+    again = load_pretrained(release.name, cache_dir=str(cache), width_multiplier=WIDTH)
+    np.testing.assert_allclose(again(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_local_paths_load_offline(tmp_path):
+    net = vgg_largefov_net()
+    blobs = random_blobs(net, seed=9)
+    src = tmp_path / "train2_iter_8000.caffemodel"
+    write_caffemodel(src, _layers(net, blobs), v1=True)
+    model = load_pretrained(str(src), width_multiplier=WIDTH)
+    out = save_atomic(model, tmp_path / "m.keras")
+    x = images((41, 41))
+    np.testing.assert_allclose(load_pretrained(out)(x), model(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        load_pretrained(tmp_path / "missing.keras")
+
+
+def test_coco_init_caffemodel_as_backbone_weights_keeps_a_fresh_classifier(tmp_path):
+    """DeepLab v2's VOC run starts from init.caffemodel (91 classes): backbone in, ASPP fresh."""
+    net = resnet101_net(classes=91, head="fc1_coco")
+    blobs = random_blobs(net, seed=10)
+    src = tmp_path / "init.caffemodel"
+    write_caffemodel(src, _layers(net, blobs))
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet101_aspp", num_classes=21, width_multiplier=WIDTH)
+    fresh = [np.array(w) for w in model.get_layer("aspp_1").get_weights()]
+    loaded = load_backbone_weights(model, src, "resnet101")
+    assert "conv1_conv" in loaded and "conv5_block3_3_bn" in loaded and "aspp_1" not in loaded
+    np.testing.assert_array_equal(model.get_layer("conv1_conv").get_weights()[0],
+                                  blobs["conv1"][0].transpose(2, 3, 1, 0))
+    for a, b in zip(model.get_layer("aspp_1").get_weights(), fresh):
+        np.testing.assert_array_equal(a, b)
+    # The same through a converted .keras file.
+    conv = convert(src, num_classes=21, width_multiplier=WIDTH)
+    path = save_atomic(conv.model, tmp_path / "coco_init.keras")
+    other = build_model("resnet101_aspp", num_classes=21, width_multiplier=WIDTH)
+    load_backbone_weights(other, path, "resnet101")
+    np.testing.assert_array_equal(other.get_layer("conv4_block23_2_conv").get_weights()[0],
+                                  model.get_layer("conv4_block23_2_conv").get_weights()[0])
+
+
+def test_vgg16_20m_style_init_fills_every_aspp_branch(tmp_path):
+    net = vgg_largefov_net(classes=1000, head="fc8")
+    blobs = random_blobs(net, seed=11)
+    src = tmp_path / "vgg16_20M.caffemodel"
+    write_caffemodel(src, _layers(net, blobs), v1=True)
+    model = build_model("vgg16_aspp_l", width_multiplier=WIDTH)
+    loaded = load_backbone_weights(model, src, "vgg16")
+    assert {f"fc6_{k}" for k in range(1, 5)} <= set(loaded) and "fc8_1" not in loaded
+    for k in range(1, 5):
+        np.testing.assert_array_equal(model.get_layer(f"fc7_{k}").get_weights()[0],
+                                      blobs["fc7"][0].transpose(2, 3, 1, 0))
+    with pytest.raises(ValueError, match=r"vgg16_20M\.caffemodel.*'conv1_conv'"):
+        load_backbone_weights(build_model("resnet101_aspp", width_multiplier=WIDTH), src, "resnet101")
