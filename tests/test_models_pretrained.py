@@ -111,3 +111,26 @@ def test_vgg16_20m_style_init_fills_every_aspp_branch(tmp_path):
                                       blobs["fc7"][0].transpose(2, 3, 1, 0))
     with pytest.raises(ValueError, match=r"vgg16_20M\.caffemodel.*'conv1_conv'"):
         load_backbone_weights(build_model("resnet101_aspp", width_multiplier=WIDTH), src, "resnet101")
+
+
+def test_evaluation_pads_to_513_with_the_mean_and_crops_as_the_released_test_nets():
+    """Predictor(pad_to=...) = pad bottom/right with 0 (the mean after preprocessing), run, upsample
+    to the padded size, crop: DeepLab's test protocol (513 in the released test.prototxt files)."""
+    import tensorflow as tf
+
+    from deeplab_keras.evaluation.evaluate import Predictor
+
+    keras.utils.set_random_seed(0)
+    model = build_model("vgg16_largefov", width_multiplier=WIDTH)
+    image = images((41, 57))[0]
+    got = Predictor(model, pad_to=65)(image).numpy()
+    padded = np.zeros((1, 65, 65, 3), np.float32)
+    padded[0, :41, :57] = image
+    expected = tf.image.resize(model(padded), (65, 65)).numpy()[0, :41, :57]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    unpadded = Predictor(model)(image).numpy()
+    assert got.shape == unpadded.shape and np.abs(got - unpadded).max() > 1e-3  # padding matters
+    big = images((70, 80))[0]  # larger than pad_to: unchanged
+    np.testing.assert_allclose(Predictor(model, pad_to=65)(big), Predictor(model)(big), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pad_to=0"):
+        Predictor(model, pad_to=0)

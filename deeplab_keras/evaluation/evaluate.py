@@ -105,13 +105,18 @@ class Predictor:
         (max fusion). Must contain 1.0.
       flip: average with the prediction of the flipped image.
       crf: None, True (DenseCRF defaults) or a `deeplab_keras.crf.DenseCRF`.
+      pad_to: None, or the side (513 in DeepLab's test protocol) to which the
+        image is padded at the bottom/right with the mean pixel (0 after
+        preprocessing) before the network; the logits are upsampled to the
+        padded size and cropped back to the image, as in the released Caffe
+        test nets. Larger images are not padded on that side.
 
     Calling it on a preprocessed float32 [H, W, 3] image returns float32
     [H, W, C]: logits, or CRF probabilities when `crf` is set. `labels(image)`
     gives the int32 [H, W] argmax.
     """
 
-    def __init__(self, model, scales=(1.0,), flip=False, crf=None):
+    def __init__(self, model, scales=(1.0,), flip=False, crf=None, pad_to=None):
         from deeplab_keras.models import resize_logits, wrap_msc
 
         scales = tuple(float(s) for s in scales)
@@ -123,22 +128,27 @@ class Predictor:
             from deeplab_keras.crf import DenseCRF
 
             crf = DenseCRF()
-        self.scales, self.flip, self.crf = scales, bool(flip), crf
+        if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1):
+            raise ValueError(f"pad_to must be None or a positive int. Received: pad_to={pad_to!r}")
+        self.scales, self.flip, self.crf, self.pad_to = scales, bool(flip), crf, pad_to
         net = model if scales == (1.0,) else wrap_msc(model, scales)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
                      reduce_retracing=True)
         def full_logits(image):
             size = tf.shape(image)[:2]
+            if self.pad_to is not None:  # DeepLab's test protocol: pad with the mean (0), crop after
+                padded = tf.maximum(size, self.pad_to)
+                image = tf.pad(image, [[0, padded[0] - size[0]], [0, padded[1] - size[1]], [0, 0]])
             batch = image[None]
             if self.flip:
                 batch = tf.concat([batch, tf.reverse(batch, axis=[2])], axis=0)
-            logits = resize_logits(net(batch, training=False), size)
+            logits = resize_logits(net(batch, training=False), tf.shape(image)[:2])
             if self.flip:
                 logits = 0.5 * (logits[0] + tf.reverse(logits[1], axis=[1]))
             else:
                 logits = logits[0]
-            return tf.cast(logits, tf.float32)
+            return tf.cast(logits[:size[0], :size[1]], tf.float32)
 
         self._full_logits = full_logits
         if crf is not None:
@@ -179,7 +189,7 @@ def _read_example(example, num_classes):
 
 
 def evaluate_examples(model, examples, num_classes, *, scales=(1.0,), flip=False, crf=None,
-                      class_names=None, verbose=True, settings=None):
+                      class_names=None, verbose=True, settings=None, pad_to=None):
     """Evaluate `model` on a list of `deeplab_keras.data.voc.Example`s.
 
     An example that fails (unreadable or truncated file, size mismatch, bad label
@@ -190,7 +200,7 @@ def evaluate_examples(model, examples, num_classes, *, scales=(1.0,), flip=False
       model: single-scale DeepLab model.
       examples: iterable of objects with `name`, `image_path`, `label_path`.
       num_classes: C.
-      scales, flip, crf: see `Predictor`.
+      scales, flip, crf, pad_to: see `Predictor` (pad_to=513 is DeepLab's protocol).
       class_names: C names for the table (default "class_<i>").
       verbose: print progress and each failure.
       settings: extra entries for `EvalResult.settings`.
@@ -206,7 +216,7 @@ def evaluate_examples(model, examples, num_classes, *, scales=(1.0,), flip=False
     if len(class_names) != num_classes:
         raise ValueError(f"class_names must have num_classes={num_classes} entries. "
                          f"Received: {len(class_names)} names")
-    predictor = Predictor(model, scales, flip, crf)
+    predictor = Predictor(model, scales, flip, crf, pad_to=pad_to)
     acc = ConfusionMatrix(num_classes)
     failed, done = [], 0
     start = time.time()
@@ -224,7 +234,7 @@ def evaluate_examples(model, examples, num_classes, *, scales=(1.0,), flip=False
         if verbose and ((k + 1) % 50 == 0 or k + 1 == len(examples)):
             print(f"[evaluate] {k + 1}/{len(examples)} images, running mIoU "
                   f"{acc.mean_iou():.4f}", flush=True)
-    info = {"scales": list(predictor.scales), "flip": predictor.flip,
+    info = {"scales": list(predictor.scales), "flip": predictor.flip, "pad_to": pad_to,
             "crf": None if crf is None else _crf_params(predictor.crf),
             "seconds": round(time.time() - start, 2)}
     info.update(settings or {})
@@ -243,14 +253,14 @@ def _crf_params(crf):
 
 def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), flip=False,
                    crf=None, class_names=None, limit=None, sbd_dir=None, tfds=False,
-                   tfds_data_dir=None, tfds_manual_dir=None, verbose=True):
+                   tfds_data_dir=None, tfds_manual_dir=None, verbose=True, pad_to=None):
     """Evaluate on a VOCdevkit split (files) or the TFDS builder's split.
 
     Args:
       model: single-scale DeepLab model.
       data_dir: VOCdevkit directory (ignored with `tfds`).
       split: "val" etc.
-      num_classes, scales, flip, crf, class_names: see `evaluate_examples`.
+      num_classes, scales, flip, crf, class_names, pad_to: see `evaluate_examples`.
       limit: evaluate only the first `limit` images (None: all).
       sbd_dir: for SBD-based splits.
       tfds, tfds_data_dir, tfds_manual_dir: read the TFDS builder instead.
@@ -264,7 +274,7 @@ def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), 
     settings = {"split": split}
     if tfds:
         return _evaluate_tfds(model, split, num_classes, scales, flip, crf, class_names, limit,
-                              tfds_data_dir, tfds_manual_dir, verbose, settings)
+                              tfds_data_dir, tfds_manual_dir, verbose, settings, pad_to)
     from deeplab_keras.data import voc
 
     if data_dir is None:
@@ -274,11 +284,12 @@ def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), 
         examples = examples[:limit]
     settings["data_dir"] = str(data_dir)
     return evaluate_examples(model, examples, num_classes, scales=scales, flip=flip, crf=crf,
-                             class_names=class_names, verbose=verbose, settings=settings)
+                             class_names=class_names, verbose=verbose, settings=settings,
+                             pad_to=pad_to)
 
 
 def _evaluate_tfds(model, split, num_classes, scales, flip, crf, class_names, limit,
-                   data_dir, manual_dir, verbose, settings):
+                   data_dir, manual_dir, verbose, settings, pad_to=None):
     from deeplab_keras.data import make_tfds_dataset
 
     config = "train_aug" if split == "train_aug" else "segmentation"
@@ -287,7 +298,7 @@ def _evaluate_tfds(model, split, num_classes, scales, flip, crf, class_names, li
                            on_error="skip")
     if limit is not None:
         ds = ds.take(limit)
-    predictor = Predictor(model, scales, flip, crf)
+    predictor = Predictor(model, scales, flip, crf, pad_to=pad_to)
     acc = ConfusionMatrix(num_classes)
     count = 0
     start = time.time()
