@@ -103,41 +103,13 @@ def bench_convert(msc_copies):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resize_align_corners(x, size):
-    """Caffe Interp: bilinear with aligned corners. x float64 [N, H, W, C]."""
-    n, h, w, c = x.shape
-    oh, ow = size
-
-    def coords(i_n, o_n):
-        if o_n == 1:
-            return np.zeros(1), np.zeros(1, int), np.zeros(1, int)
-        pos = np.arange(o_n) * (i_n - 1) / (o_n - 1)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, i_n - 1)
-        return pos - lo, lo, hi
-
-    fy, y0, y1 = coords(h, oh)
-    fx, x0, x1 = coords(w, ow)
-    top = x[:, y0][:, :, x0] * (1 - fx)[None, None, :, None] + x[:, y0][:, :, x1] * fx[None, None, :, None]
-    bot = x[:, y1][:, :, x0] * (1 - fx)[None, None, :, None] + x[:, y1][:, :, x1] * fx[None, None, :, None]
-    return top * (1 - fy)[None, :, None, None] + bot * fy[None, :, None, None]
-
-
-def caffe_msc_size(n, scale):
-    if scale == 0.5:
-        return (n - 1) // 2 + 1
-    if scale == 0.75:
-        m = (n - 1) // 4 + 1
-        return m + (m - 1) * 2
-    return n
-
-
 def bench_resize(sizes=((513, 513), (375, 500))):
     import tensorflow as tf
 
     from deeplab_keras.convert.mapping import plan_weights
     from deeplab_keras.models import build_model, wrap_msc
-    from tests.test_convert_reference import caffe_tensors, images, random_blobs, resnet101_net, run_net
+    from tests.test_convert_reference import (caffe_msc_size, caffe_tensors, images, random_blobs,
+                                              resize_align_corners, resnet101_net, run_net)
 
     mult = 1 / 16
     net = resnet101_net(mult=mult)

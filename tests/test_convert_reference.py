@@ -227,6 +227,49 @@ def run_net(net, blobs, image_nhwc, eps=1e-5):
     return x["logits"].numpy().transpose(0, 2, 3, 1)
 
 
+def resize_align_corners(x, size):
+    """Caffe Interp: bilinear with aligned corners, x float [N, H, W, C] -> float64 [N, oh, ow, C]."""
+    x = np.asarray(x, np.float64)
+    _, h, w, _ = x.shape
+
+    def coords(n, o):
+        if o == 1:
+            return np.zeros(1), np.zeros(1, int), np.zeros(1, int)
+        pos = np.arange(o) * (n - 1) / (o - 1)
+        lo = np.floor(pos).astype(int)
+        return pos - lo, lo, np.minimum(lo + 1, n - 1)
+
+    fy, y0, y1 = coords(h, size[0])
+    fx, x0, x1 = coords(w, size[1])
+    fx = fx[None, None, :, None]
+    top = x[:, y0][:, :, x0] * (1 - fx) + x[:, y0][:, :, x1] * fx
+    bot = x[:, y1][:, :, x0] * (1 - fx) + x[:, y1][:, :, x1] * fx
+    fy = fy[None, :, None, None]
+    return top * (1 - fy) + bot * fy
+
+
+def caffe_msc_size(n, scale):
+    """The MSC prototxt's Interp sizes: shrink 2 for 0.5; shrink 4 then zoom 3 for 0.75."""
+    if scale == 0.5:
+        return (n - 1) // 2 + 1
+    if scale == 0.75:
+        m = (n - 1) // 4 + 1
+        return m + (m - 1) * 2
+    assert scale == 1.0
+    return n
+
+
+def caffe_msc(net, blobs, x):
+    """Released MSC net: Interp inputs, the shared net, Interp score maps to scale 1, Eltwise MAX."""
+    ref = run_net(net, blobs, x)
+    maps = [ref]
+    for s in (0.75, 0.5):
+        size = (caffe_msc_size(x.shape[1], s), caffe_msc_size(x.shape[2], s))
+        logits = run_net(net, blobs, resize_align_corners(x, size))
+        maps.append(resize_align_corners(logits, ref.shape[1:3]))
+    return np.max(maps, axis=0)
+
+
 def caffe_tensors(blobs):
     """{"layer/i": array}: the flat form the converter reads a caffemodel into."""
     return {f"{name}/{i}": b for name, arrays in blobs.items() for i, b in enumerate(arrays)}
@@ -292,3 +335,13 @@ def test_reference_sizes_are_the_caffe_ones():
     # AVE k3 s1 p1 divides by 9 everywhere (the window includes the padding).
     ones = torch.ones(1, 1, 3, 4, dtype=torch.float64)
     np.testing.assert_allclose(caffe_pool(ones, "AVE", 3, 1, 1)[0, 0, 0, 0].item(), 4 / 9)
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (321, 321)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_msc_with_caffe_interp_matches_the_released_msc_net(converted, hw):
+    """wrap_msc(caffe_interp=True): Interp sizes (375 -> 280 / 188) and aligned corners, max fusion."""
+    from deeplab_keras.models import wrap_msc
+
+    model, net, blobs = converted["resnet101_aspp"]
+    x = images(hw, seed=3)
+    assert_parity(wrap_msc(model, caffe_interp=True)(x), caffe_msc(net, blobs, x))

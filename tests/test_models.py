@@ -390,3 +390,21 @@ BAD_ARGS = [
 def test_bad_arguments_raise_naming_the_value(kwargs, error, match):
     with pytest.raises(error, match=match):
         build_model(**kwargs)
+
+
+def test_caffe_interp_msc_sizes_and_keras_roundtrip(small_models, tmp_path):
+    """caffe_interp=True: Interp sizes ((H-1)//shrink)*zoom+1 with aligned corners, saved in the config."""
+    from deeplab_keras.models.layers import ScaleImage, scaled_size
+
+    assert [scaled_size(375, s, caffe=True) for s in (0.75, 0.5)] == [280, 188]
+    assert [scaled_size(375, s) for s in (0.75, 0.5)] == [282, 188]
+    x = _images((1, 9, 9, 1))
+    np.testing.assert_allclose(ScaleImage(0.5, caffe_interp=True)(x), x[:, ::2, ::2], rtol=1e-6)  # corners align
+    with pytest.raises(ValueError, match="scale=0.7071"):
+        ScaleImage(0.7071, caffe_interp=True)
+    msc = wrap_msc(small_models["vgg16_largefov"], caffe_interp=True)
+    path = tmp_path / "msc.keras"
+    msc.save(path)
+    x = _images((1, 57, 70, 3))
+    np.testing.assert_allclose(keras.models.load_model(path)(x), msc(x), rtol=1e-5, atol=1e-5)
+    assert np.abs(msc(x) - wrap_msc(small_models["vgg16_largefov"])(x)).max() > 1e-4

@@ -10,6 +10,7 @@ registered with Keras so that `.keras` files load with plain
 `keras.models.load_model`.
 """
 
+import fractions
 import math
 import numbers
 
@@ -83,16 +84,24 @@ def _check_size(size_hw, name="size_hw"):
     return (int(h), int(w))
 
 
-def resize_logits(logits, size_hw):
+def _bilinear(x, size, align_corners):
+    if align_corners:  # Caffe's Interp; TFLite RESIZE_BILINEAR(align_corners=True), ONNX Resize
+        return tf.compat.v1.image.resize_bilinear(x, size, align_corners=True)
+    return tf.image.resize(x, size, method="bilinear")
+
+
+def resize_logits(logits, size_hw, align_corners=False):
     """Bilinearly resizes score maps, e.g. from 1/8 resolution to the input size.
 
     DeepLab upsamples the stride-8 logits bilinearly before the argmax / the CRF
     (Chen et al., DeepLab v2, TPAMI 2017, Sec. 3.1). Half-pixel centres
-    (`align_corners=False`), like deeplab-pytorch.
+    (`align_corners=False`) by default, like deeplab-pytorch; `align_corners=True`
+    is Caffe's Interp layer.
 
     Args:
       logits: float [B, h, w, C] (tf.Tensor or NumPy array).
       size_hw: target (H, W): two positive ints, or an int32 tensor of shape [2].
+      align_corners: Caffe Interp sampling (corner pixels aligned).
 
     Returns:
       float32 [B, H, W, C].
@@ -108,7 +117,7 @@ def resize_logits(logits, size_hw):
         raise ValueError(
             f"logits must be rank 4 [B, h, w, C]. Received: logits.shape={logits.shape}"
         )
-    out = tf.image.resize(logits, size_hw, method="bilinear")
+    out = _bilinear(logits, size_hw, align_corners)
     return tf.cast(out, tf.float32)
 
 
@@ -122,6 +131,7 @@ class ResizeLogits(keras.layers.Layer):
 
     Args:
       size: optional fixed (H, W). Required when the layer is called on one tensor.
+      align_corners: Caffe Interp sampling instead of half-pixel centres.
 
     Call args:
       inputs: `logits` float [B, h, w, C], or `[logits, reference]` with
@@ -136,10 +146,11 @@ class ResizeLogits(keras.layers.Layer):
       >>> full_res = keras.Model(model.input, full)
     """
 
-    def __init__(self, size=None, **kwargs):
+    def __init__(self, size=None, align_corners=False, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.size = None if size is None else _check_size(size, "size")
+        self.align_corners = bool(align_corners)
 
     def call(self, inputs):
         if isinstance(inputs, (list, tuple)):
@@ -157,7 +168,7 @@ class ResizeLogits(keras.layers.Layer):
                     "Received: size=None (pass size=(H, W) or call on [logits, reference])"
                 )
             logits, target = inputs, self.size
-        return resize_logits(logits, target)
+        return resize_logits(logits, target, self.align_corners)
 
     def compute_output_shape(self, input_shape):
         if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
@@ -168,15 +179,29 @@ class ResizeLogits(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config["size"] = None if self.size is None else list(self.size)
+        config["align_corners"] = self.align_corners
         return config
 
 
-def scaled_size(size, scale):
-    """Size of an image side after rescaling by `scale`: ceil(size * scale), >= 1.
+def caffe_interp_factors(scale):
+    """(shrink, zoom) integers with zoom / shrink = scale, as Caffe's Interp takes them (0.75 -> (4, 3))."""
+    frac = fractions.Fraction(float(scale)).limit_denominator(16)
+    if abs(float(frac) - float(scale)) > 1e-9:
+        raise ValueError(f"scale is not a ratio of small integers (Caffe Interp). Received: scale={scale!r}")
+    return frac.denominator, frac.numerator
 
-    Works on Python ints and on int32 tensors. The ceiling keeps every scale at
-    least one pixel and matches `ScaleImage`.
+
+def scaled_size(size, scale, caffe=False):
+    """Size of an image side after rescaling by `scale`.
+
+    Default: ceil(size * scale), >= 1 (the ceiling keeps every scale at least
+    one pixel). caffe=True: Caffe Interp's (size - 1) // shrink + 1, then zoomed
+    to h + (h - 1)(zoom - 1), i.e. ((size - 1) // shrink) * zoom + 1
+    (375 at 0.75 -> 280, at 0.5 -> 188). Works on Python ints and int32 tensors.
     """
+    if caffe:
+        shrink, zoom = caffe_interp_factors(scale)
+        return ((size - 1) // shrink) * zoom + 1
     if isinstance(size, numbers.Integral):
         return max(1, math.ceil(size * scale))
     size = tf.cast(size, tf.float32) * scale
@@ -187,10 +212,14 @@ def scaled_size(size, scale):
 class ScaleImage(keras.layers.Layer):
     """Bilinearly rescales an image batch by a constant factor (the MSC inputs).
 
-    Output size is ceil(H * scale) x ceil(W * scale). Scale 1 is the identity.
+    Output size is ceil(H * scale) x ceil(W * scale), resized with half-pixel
+    centres; with caffe_interp=True it is Caffe Interp's size and sampling
+    (`scaled_size(..., caffe=True)`, aligned corners), as in the released MSC
+    nets. Scale 1 is the identity.
 
     Args:
       scale: positive float.
+      caffe_interp: Caffe Interp sizes and align-corners sampling.
 
     Call args:
       images: float [B, H, W, C].
@@ -199,26 +228,30 @@ class ScaleImage(keras.layers.Layer):
       float32 [B, ceil(H*scale), ceil(W*scale), C].
     """
 
-    def __init__(self, scale, **kwargs):
+    def __init__(self, scale, caffe_interp=False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(scale, numbers.Real) or not (0 < float(scale) < math.inf):
             raise ValueError(f"scale must be a positive number. Received: scale={scale!r}")
         self.scale = float(scale)
+        self.caffe_interp = bool(caffe_interp)
+        if self.caffe_interp:
+            caffe_interp_factors(self.scale)
 
     def call(self, images):
         if self.scale == 1.0:
             return images
         hw = tf.shape(images)[1:3]
-        size = scaled_size(hw, self.scale)
-        return tf.cast(tf.image.resize(images, size, method="bilinear"), images.dtype)
+        size = scaled_size(hw, self.scale, caffe=self.caffe_interp)
+        return tf.cast(_bilinear(images, size, self.caffe_interp), images.dtype)
 
     def compute_output_shape(self, input_shape):
         def side(s):
-            return None if s is None else scaled_size(s, self.scale)
+            return None if s is None else scaled_size(s, self.scale, caffe=self.caffe_interp)
 
         return (input_shape[0], side(input_shape[1]), side(input_shape[2]), input_shape[3])
 
     def get_config(self):
         config = super().get_config()
         config["scale"] = self.scale
+        config["caffe_interp"] = self.caffe_interp
         return config

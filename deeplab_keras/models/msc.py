@@ -10,7 +10,8 @@ corners and sizes (H-1)//shrink + 1 (then zoom), e.g. 375 -> 280 at 0.75; here
 the images are resized with half-pixel centres to ceil(H*s) (375 -> 282) and
 the score maps back with half-pixel centres (`tf.image.resize`, the op TFLite
 and ONNX convert directly). benchmarks/results/convert.md measures what this
-costs against the Caffe-exact MSC reference.
+costs against the Caffe-exact MSC reference; `wrap_msc(..., caffe_interp=True)`
+resizes as Caffe does (sizes and aligned corners).
 """
 
 import numbers
@@ -45,7 +46,7 @@ def check_scales(scales):
     return values
 
 
-def wrap_msc(model, scales=DEFAULT_SCALES, training_outputs=False, name=None):
+def wrap_msc(model, scales=DEFAULT_SCALES, training_outputs=False, name=None, caffe_interp=False):
     """Wraps a DeepLab model in multi-scale inputs with max fusion.
 
     Args:
@@ -59,6 +60,10 @@ def wrap_msc(model, scales=DEFAULT_SCALES, training_outputs=False, name=None):
          "scale_0.75": [B, h, w, C], ...} (h1, w1 = `strides.logits_size(backbone, (H, W))`; each scale at its own
         size) so every output can get its own loss; otherwise only the fused map.
       name: Keras model name (default: f"{model.name}_msc").
+      caffe_interp: resize as the released Caffe MSC nets do (Interp: sizes
+        ((H-1)//shrink)*zoom + 1, aligned corners, for the inputs and for the
+        score maps) instead of half-pixel `tf.image.resize` to ceil(H*s).
+        Scales must then be ratios of small integers (0.75 = 3/4).
 
     Returns:
       keras.Model: float32 [B, H, W, 3] -> fused logits float32 [B, h1, w1, C]
@@ -78,17 +83,20 @@ def wrap_msc(model, scales=DEFAULT_SCALES, training_outputs=False, name=None):
             "wrap_msc feeds several input sizes to the model: build it with input_shape="
             f"(None, None, 3). Received: model.input_shape={model.input_shape}"
         )
+    if not isinstance(caffe_interp, bool):
+        raise ValueError(f"caffe_interp must be a bool. Received: caffe_interp={caffe_interp!r}")
     if not isinstance(training_outputs, bool):
         raise ValueError(f"training_outputs must be a bool. Received: training_outputs={training_outputs!r}")
     images = keras.Input(shape=model.input_shape[1:], name="images")
     per_scale = {}
     for s in scales:
-        x = images if s == 1.0 else ScaleImage(s, name=f"msc_input_{_tag(s, 'p')}")(images)
+        x = images if s == 1.0 else ScaleImage(s, caffe_interp, name=f"msc_input_{_tag(s, 'p')}")(images)
         per_scale[s] = model(x)
     reference = per_scale[1.0]
     resized = [
         per_scale[s] if s == 1.0
-        else ResizeLogits(name=f"msc_resize_{_tag(s, 'p')}")([per_scale[s], reference])
+        else ResizeLogits(align_corners=caffe_interp, name=f"msc_resize_{_tag(s, 'p')}")(
+            [per_scale[s], reference])
         for s in scales
     ]
     if len(resized) > 1:
