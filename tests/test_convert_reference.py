@@ -85,11 +85,10 @@ def vgg_aspp_l_net(classes=21, mult=WIDTH):
 
 
 def _bn_scale(conv, bottom_top):
+    """BatchNorm + Scale after a conv: res2a_branch1 -> bn2a_branch1 / scale2a_branch1, conv1 -> bn_conv1."""
     suffix = conv[len("res"):] if conv.startswith("res") else "_" + conv
-    bn = f"bn{suffix}" if conv.startswith("res") else f"bn{suffix}"
-    scale = f"scale{suffix}"
-    return [dict(name=bn, type="BatchNorm", bottom=bottom_top, top=bottom_top),
-            dict(name=scale, type="Scale", bottom=bottom_top, top=bottom_top)]
+    return [dict(name=f"bn{suffix}", type="BatchNorm", bottom=bottom_top, top=bottom_top),
+            dict(name=f"scale{suffix}", type="Scale", bottom=bottom_top, top=bottom_top)]
 
 
 def caffe_block(stage, b):

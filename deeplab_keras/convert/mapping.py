@@ -268,7 +268,7 @@ def plan_weights(model, tensors, source_format, what, reinit_classifier=False, b
             raise ValueError(f"{what}: source {caffe!r} for Keras layer {layer.name!r}: {err}") from None
         want = [tuple(w.shape) for w in layer.weights]
         if len(arrays) == 2 and arrays[1] is None:
-            arrays[1] = np.zeros(want[1], np.float32)
+            arrays[1] = np.zeros(arrays[0].shape[-1:], np.float32)  # Caffe bias_term: false
             plan.zero_bias.append(layer.name)
         got = [tuple(a.shape) for a in arrays]
         if got != want:

@@ -104,9 +104,12 @@ def _read_zip(path):
 
 
 def _read_legacy(path):
+    def no_storage(*_):
+        raise PthError("a storage inside the file header")
+
     with open(path, "rb") as f:
         def plain():
-            return _RestrictedUnpickler(f, lambda *a: (_ for _ in ()).throw(PthError("storage in header"))).load()
+            return _RestrictedUnpickler(f, no_storage).load()
 
         if plain() != _LEGACY_MAGIC:
             raise PthError("not a PyTorch file (bad magic number)")
@@ -115,13 +118,13 @@ def _read_legacy(path):
         plain()  # sys_info: endianness and type sizes
         storages = {}
 
-        def load_storage(key, dtype, numel):
+        def load_storage(key, dtype, numel):  # the bytes follow the pickle: fill in later
             if key not in storages:
                 storages[key] = _Storage(None)
                 storages[key].meta = (dtype, numel)
             return storages[key]
 
-        pending = []
+        pending = []  # tensors are rebuilt once their storages are read
 
         def rebuild_later(storage, offset, size, stride, *_):
             placeholder = {}
@@ -140,6 +143,8 @@ def _read_legacy(path):
         result = unpickler.load()
         keys = plain()
         for key in keys:
+            if key not in storages:
+                raise PthError(f"storage {key} is listed but never used")
             dtype, numel = storages[key].meta
             (count,) = struct.unpack("<q", f.read(8))
             raw = f.read(count * dtype.itemsize)
