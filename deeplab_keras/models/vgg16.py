@@ -13,6 +13,7 @@ The 13 conv layers keep the names and shapes of keras.applications
 
 import keras
 
+from deeplab_keras.models.atrous import AtrousConv2D
 from deeplab_keras.models.strides import OUTPUT_STRIDE, scale_width, strides_to_dilations
 
 # (filters, number of 3x3 convs) of the five VGG16 blocks; each block ends in a pool.
@@ -38,7 +39,7 @@ def vgg16_backbone(x, width_multiplier=1.0, output_stride=OUTPUT_STRIDE):
         zip(VGG16_BLOCKS, schedule), start=1
     ):
         for i in range(1, convs + 1):
-            x = keras.layers.Conv2D(
+            x = AtrousConv2D(
                 scale_width(filters, width_multiplier),
                 3,
                 padding="same",
