@@ -15,7 +15,7 @@ gradients natively. `AtrousConv2D` is a `keras.layers.Conv2D` with the same
 weights, names, config and maths that calls `tf.nn.conv2d(..., dilations=r)`
 directly when the kernels at hand support it (checked once by a tiny probe),
 and otherwise falls back to Keras's own space-to-batch lowering. Results are
-the same to float32 round-off (tests/test_models_atrous.py).
+the same to float32 round-off (tests/test_atrous.py).
 
 The lowering is chosen when a layer is traced:
 - "auto" (default): "native" if the probe passes, else "space_to_batch";
@@ -35,6 +35,7 @@ Example:
     TensorShape([1, 17, 17, 64])
 """
 
+import contextlib
 import os
 
 import keras
@@ -65,6 +66,23 @@ def set_atrous_lowering(lowering):
     _requested = lowering
 
 
+@contextlib.contextmanager
+def atrous_lowering(lowering):
+    """Context manager form of `set_atrous_lowering`; restores the previous choice.
+
+    Example:
+        >>> with atrous_lowering("space_to_batch"):
+        ...     fn = tf.function(model).get_concrete_function(spec)
+    """
+    global _requested
+    previous = _requested
+    set_atrous_lowering(lowering)
+    try:
+        yield
+    finally:
+        _requested = previous
+
+
 def get_atrous_lowering():
     """The requested lowering: `set_atrous_lowering`'s, else $DEEPLAB_KERAS_ATROUS, else "auto"."""
     global _requested
@@ -85,18 +103,26 @@ def native_dilated_conv_supported():
     """
     global _native_supported
     if _native_supported is None:
-        with tf.init_scope():  # eager even when first asked inside a tf.function trace
+        # init_scope: eager even when first asked inside a tf.function trace. It
+        # also pauses gradient tapes, so the two gradient ops are called directly.
+        with tf.init_scope():
             x = tf.ones([1, 5, 5, 1])
             w = tf.ones([3, 3, 1, 1])
+            dilations = [1, 2, 2, 1]
             try:
-                with tf.GradientTape() as tape:
-                    tape.watch([x, w])
-                    y = tf.nn.conv2d(x, w, 1, "SAME", dilations=2)
-                dx, dw = tape.gradient(y, [x, w])
-                # Centre pixel of a 5x5 map, 3x3 kernel at rate 2: all 9 taps inside.
-                _native_supported = bool(float(y[0, 2, 2, 0]) == 9.0
-                                         and dx is not None and dw is not None
-                                         and float(tf.reduce_sum(dw)) == float(tf.reduce_sum(y)))
+                y = tf.nn.conv2d(x, w, 1, "SAME", dilations=2)
+                dx = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x), filter=w, out_backprop=tf.ones_like(y),
+                    strides=[1, 1, 1, 1], padding="SAME", dilations=dilations)
+                dw = tf.raw_ops.Conv2DBackpropFilter(
+                    input=x, filter_sizes=tf.shape(w), out_backprop=tf.ones_like(y),
+                    strides=[1, 1, 1, 1], padding="SAME", dilations=dilations)
+                # All ones, 3x3 at rate 2 on 5x5: the centre output sees all 9 taps,
+                # and both gradients of sum(y) add up to sum(y) (one per valid tap).
+                total = float(tf.reduce_sum(y))
+                _native_supported = (float(y[0, 2, 2, 0]) == 9.0
+                                     and float(tf.reduce_sum(dx)) == total
+                                     and float(tf.reduce_sum(dw)) == total)
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
                     tf.errors.NotFoundError):
                 _native_supported = False
