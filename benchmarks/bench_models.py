@@ -10,7 +10,9 @@ ceil_mode=True), conv4_x dilation 2, conv5_x dilation 4, bias-free convs + BN,
 ASPP 3x3 convs rates 6/12/18/24 summed; VGG16-LargeFOV with 3x3/1 pools after
 conv4/conv5, conv5 dilation 2, fc6 rate 12), timed side by side in one
 process with the same number of threads, alternating TF and torch runs so that
-both see the same machine load. Three measures (the goals of issue 13):
+both see the same machine load. Median and minimum are reported: on a shared
+CPU torch's OpenMP threads suffer more from other jobs than TF's thread pool,
+so the minima (the least-disturbed runs) are the fairer comparison there. Three measures (the goals of issue 13):
   - ResNet-101-ASPP forward, batch 1, 321x321 (inference);
   - ResNet-101-ASPP training step, batch 2, crop 321, frozen BN;
   - VGG16-LargeFOV training step, batch 2, crop 321, dropout 0.5.
@@ -116,7 +118,7 @@ def torch_networks():
     return {"resnet101_aspp": resnet101_aspp, "vgg16_largefov": vgg16_largefov}
 
 
-def _median_alternating(fns, runs, warmup):
+def _time_alternating(fns, runs, warmup):
     """{name: [seconds...]} timing each fn in turn, `runs` rounds after `warmup` rounds."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -197,11 +199,13 @@ def vs_torch(runs, warmup, threads, measures):
             fns = {"tf": _tf_train_step(model, x, y),
                    "torch": _torch_train_step(net, xt, torch.from_numpy(y.astype("int64")),
                                               freeze_bn=name == "resnet101_aspp")}
-        times = _median_alternating(fns, runs, warmup)
+        times = _time_alternating(fns, runs, warmup)
         tf_s, torch_s = statistics.median(times["tf"]), statistics.median(times["torch"])
-        rows.append((measure, tf_s, torch_s, tf_s / torch_s))
-        print(f"{measure:40s} tf {tf_s:7.3f} s  torch {torch_s:7.3f} s  ratio {tf_s / torch_s:.2f}",
-              flush=True)
+        tf_min, torch_min = min(times["tf"]), min(times["torch"])
+        rows.append((measure, tf_s, torch_s, tf_s / torch_s, tf_min, torch_min, tf_min / torch_min))
+        print(f"{measure:40s} median: tf {tf_s:7.3f} s  torch {torch_s:7.3f} s  ratio "
+              f"{tf_s / torch_s:.2f} | min: tf {tf_min:.3f} torch {torch_min:.3f} ratio "
+              f"{tf_min / torch_min:.2f}", flush=True)
         del model, net
     return rows
 
@@ -258,10 +262,10 @@ def main(argv=None):
         load_after = os.getloadavg()
         print(f"CPU: {cpu_model_name()}, threads {args.threads}, load average (1 min) "
               f"before/after {load_before[0]:.1f} / {load_after[0]:.1f}")
-        print("| measure | TF (s) | torch (s) | TF / torch |")
-        print("| --- | ---: | ---: | ---: |")
-        for m, a, b, r in rows:
-            print(f"| {m} | {a:.3f} | {b:.3f} | {r:.2f} |")
+        print("| measure | TF median (s) | torch median (s) | TF / torch | TF min (s) | torch min (s) | TF / torch (min) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for m, a, b, r, c, d, q in rows:
+            print(f"| {m} | {a:.3f} | {b:.3f} | {r:.2f} | {c:.3f} | {d:.3f} | {q:.2f} |")
         return
 
     load_before = os.getloadavg()
