@@ -325,15 +325,27 @@ def test_tflite_files_shrink_with_quantization(tflite_files):
 
 
 def test_dynamic_input_size_leaves_space_to_batch_which_check_ops_rejects(model):
-    """Why the export is fixed-size: with unknown H, W the dilated convs stay
-    SpaceToBatchND/Conv/BatchToSpaceND, and the op check refuses the file."""
+    """Why the export is fixed-size: in Keras's space-to-batch form (the lowering
+    of TF builds without native dilated backprop) the dilated convs stay
+    SpaceToBatchND/Conv/BatchToSpaceND with unknown H, W, and the op check
+    refuses the file. The native lowering has none even with dynamic H, W."""
     from deeplab_keras.export.tflite import frozen_function
+    from deeplab_keras.models.atrous import atrous_lowering, native_dilated_conv_supported
 
-    fn = serving.fixed_size_function(model, None)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen_function(fn)], tf.Module())
-    ops = tflite_op_names(converter.convert())
+    def dynamic_ops():
+        fn = serving.fixed_size_function(model, None)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen_function(fn)], tf.Module())
+        return tflite_op_names(converter.convert())
+
+    with atrous_lowering("space_to_batch"):
+        ops = dynamic_ops()
     assert "SPACE_TO_BATCH_ND" in ops and "BATCH_TO_SPACE_ND" in ops
     with pytest.raises(RuntimeError, match="SPACE_TO_BATCH_ND"):
+        check_ops(ops)
+    if native_dilated_conv_supported():
+        with atrous_lowering("native"):
+            ops = dynamic_ops()
+        assert "SPACE_TO_BATCH_ND" not in ops and "BATCH_TO_SPACE_ND" not in ops
         check_ops(ops)
 
 

@@ -14,6 +14,7 @@ Caffe prototxts.
 
 import keras
 
+from deeplab_keras.models.atrous import AtrousConv2D
 from deeplab_keras.models.layers import caffe_ave_pool
 from deeplab_keras.models.strides import scale_width
 
@@ -39,7 +40,7 @@ def fc_branch(x, num_classes, rate, width_multiplier, dropout, suffix=""):
       float32 [B, h, w, C] logits of the branch.
     """
     width = scale_width(FC_WIDTH, width_multiplier)
-    x = keras.layers.Conv2D(
+    x = AtrousConv2D(
         width, 3, padding="same", dilation_rate=rate, activation="relu", name=f"fc6{suffix}"
     )(x)
     if dropout:
@@ -78,7 +79,7 @@ def vgg_aspp_head(x, num_classes, rates, width_multiplier, dropout):
 def resnet_aspp_head(x, num_classes, rates):
     """DeepLab v2 ResNet ASPP: 3x3 convs (rates) from the features to C, summed. Returns [B, h, w, C]."""
     branches = [
-        keras.layers.Conv2D(
+        AtrousConv2D(
             num_classes,
             3,
             padding="same",

@@ -22,6 +22,7 @@ would unfreeze them again.
 
 import keras
 
+from deeplab_keras.models.atrous import AtrousConv2D
 from deeplab_keras.models.layers import caffe_max_pool
 from deeplab_keras.models.strides import OUTPUT_STRIDE, scale_width, strides_to_dilations
 
@@ -60,7 +61,7 @@ def bottleneck_block(x, filters, stride, dilation, conv_shortcut, freeze_bn, nam
     x = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
     x = _bn(x, f"{name}_1_bn", freeze_bn)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = keras.layers.Conv2D(
+    x = AtrousConv2D(
         filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv"
     )(x)
     x = _bn(x, f"{name}_2_bn", freeze_bn)

@@ -15,6 +15,7 @@ The 13 conv layers keep the names and shapes of keras.applications
 
 import keras
 
+from deeplab_keras.models.atrous import AtrousConv2D
 from deeplab_keras.models.layers import caffe_max_pool
 from deeplab_keras.models.strides import OUTPUT_STRIDE, scale_width, strides_to_dilations
 
@@ -42,7 +43,7 @@ def vgg16_backbone(x, width_multiplier=1.0, output_stride=OUTPUT_STRIDE):
         zip(VGG16_BLOCKS, schedule), start=1
     ):
         for i in range(1, convs + 1):
-            x = keras.layers.Conv2D(
+            x = AtrousConv2D(
                 scale_width(filters, width_multiplier),
                 3,
                 padding="same",

@@ -460,8 +460,10 @@ register_preset(TrainConfig(
 #   about a hundred (400 steps: val mIoU 0.81 with LSUV at lr 3e-3, 0.64 without
 #   it at lr 1e-2).
 # - crop 129, batch 8, 400 steps, base_lr 3e-3 (poly): the scenes are 160-240 px
-#   wide and the whole run (data, training, evaluation, export) must fit in 10
-#   minutes; LSUV-scaled networks diverge at 1e-2.
+#   wide and the whole run (data, training, evaluation, export) must fit in 5
+#   minutes on a 2-core AVX2 CPU (a step is ~0.3 s there with the native dilated
+#   convs of `models.atrous`; benchmarks/results/models.md); LSUV-scaled networks
+#   diverge at 1e-2.
 # - dropout 0: a 400-step run on 300 images is not in the over-fitting regime.
 # Everything else (SGD momentum 0.9, weight decay 5e-4 on kernels, 10x on fc8,
 # poly power 0.9, stride-8 loss with 255 ignored) is the paper's.
