@@ -31,7 +31,7 @@ import contextlib
 
 import keras
 
-MIXED_PRECISIONS = ("float16", "bfloat16")
+from deeplab_keras.training.config import MIXED_PRECISIONS
 
 
 def policy_name(mixed_precision):
