@@ -35,7 +35,7 @@ Example:
 import keras
 import tensorflow as tf
 
-from deeplab_keras.training.losses import valid_pixel_count
+from deeplab_keras.training.losses import _global_sum, valid_pixel_count
 
 
 def _check_steps(steps):
@@ -76,10 +76,12 @@ def accumulating_train_step(model, loss, steps):
         sums = [tf.zeros(v.shape, v.dtype) for v in variables]
         total = tf.constant(0.0, tf.float32)
         for i in range(steps):
-            # The previous micro-batch's gradients before this forward pass: one at a time.
+            # Everything of micro-batch i after micro-batch i-1's gradients: one at a time
+            # (memory), and every replica launches its all-reduces in the same order.
             with tf.control_dependencies(sums + [total]):
                 xi = tf.identity(x[i * micro:(i + 1) * micro])
-            yi = tf.nest.map_structure(lambda t: t[i * micro:(i + 1) * micro], y)
+                yi = tf.nest.map_structure(lambda t: tf.identity(t[i * micro:(i + 1) * micro]), y)
+                y_all = tf.nest.map_structure(tf.identity, y)
             with tf.GradientTape() as tape:
                 pred = model(xi, training=True)
                 micro_loss = tf.constant(0.0, tf.float32)
@@ -87,16 +89,25 @@ def accumulating_train_step(model, loss, steps):
                     fn = loss[key] if keyed else loss
                     logits = pred[key] if keyed else pred
                     labels_i = yi[key] if keyed else yi
-                    labels_all = y[key] if keyed else y
-                    share = tf.math.divide_no_nan(valid_pixel_count(labels_i, logits),
-                                                  valid_pixel_count(labels_all, logits))
+                    labels_all = y_all[key] if keyed else y_all
+                    with tf.control_dependencies([micro_loss]):  # after the previous output's
+                        # One all-reduce for (this micro-batch's, the batch's) valid pixels.
+                        counts = _global_sum(tf.stack([
+                            valid_pixel_count(labels_i, logits, across_replicas=False),
+                            valid_pixel_count(labels_all, logits, across_replicas=False)]))
+                    with tf.control_dependencies([counts]):  # then the loss's own all-reduce
+                        labels_i = tf.identity(labels_i)
+                    share = tf.math.divide_no_nan(counts[0], counts[1])
                     micro_loss += tf.cast(fn(labels_i, logits), tf.float32) * share
                 scaled = model.optimizer.scale_loss(micro_loss)
             grads = tape.gradient(scaled, variables)
             sums = [s if g is None else s + tf.cast(g, s.dtype) for s, g in zip(sums, grads)]
             total += micro_loss
         model.optimizer.apply_gradients(zip(sums, variables))
-        model._loss_tracker.update_state(total, sample_weight=batch)
+        # As Keras' own train_step logs it: its cross-replica reduction of the logs
+        # expects values scaled by 1/replicas (our loss is already the global mean).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        model._loss_tracker.update_state(total * float(replicas), sample_weight=batch)
         return {"loss": model._loss_tracker.result()}
 
     return train_step
