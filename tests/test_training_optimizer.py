@@ -153,3 +153,32 @@ class TestDeepLabSGD:
     def test_keras_decoupled_weight_decay_is_refused(self):
         with pytest.raises(ValueError, match="weight_decay"):
             DeepLabSGD(0.1, weight_decay=1e-4)
+
+
+def test_jit_compiled_step_gives_the_same_update():
+    """`jit_compile=True` (XLA on the CPU here) takes the same SGD step as the graph
+    step: after 2 steps every weight is within 1e-3 x the largest weight change
+    (XLA fuses and orders float32 sums differently)."""
+    from deeplab_keras.training import apply_overrides, get_preset
+    from deeplab_keras.training.trainer import build_networks, compile_for_training
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 50, (2, 33, 33, 3)).astype("float32")
+    y = rng.integers(0, 6, (2, 33, 33)).astype("int32")
+    y[0, :10] = 255
+    weights = {}
+    for jit in (False, True):
+        config = apply_overrides(get_preset("builtin"), dict(
+            width_multiplier=0.0625, crop_size=33, batch_size=2, jit_compile=jit))
+        keras.utils.set_random_seed(2)
+        _, model = build_networks(config, backbone_weights=None)
+        compile_for_training(config, model)
+        assert model.jit_compile is jit
+        start = [w.numpy() for w in model.trainable_weights]
+        for _ in range(2):
+            model.train_on_batch(x, y)
+        weights[jit] = [w.numpy() for w in model.trainable_weights]
+    change = max(float(np.max(np.abs(w - w0))) for w, w0 in zip(weights[False], start))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights[False], weights[True]))
+    assert change > 1e-4
+    assert diff <= 1e-3 * change, (diff, change)

@@ -11,6 +11,8 @@ Examples:
         --sbd-dir ~/data/benchmark_RELEASE
     python train.py --preset deeplab-v2-resnet101 --tfds --set base_lr=1e-4
     python train.py --preset builtin --steps 100 --output-dir /tmp/run --resume never
+    python train.py --preset deeplab-v2-resnet101 --data-dir ... --mixed-precision float16
+    python train.py --preset deeplab-v2-resnet101 --data-dir ... --accumulate 10   # Caffe 1 x 10
     python train.py --list-presets
 """
 
@@ -18,8 +20,8 @@ import argparse
 import os
 import sys
 
-from deeplab_keras.training.config import (RESUME_MODES, apply_overrides, available_presets,
-                                           get_preset)
+from deeplab_keras.training.config import (MIXED_PRECISIONS, RESUME_MODES, apply_overrides,
+                                           available_presets, get_preset)
 
 # Command-line flags that map one-to-one onto TrainConfig fields.
 _FLAG_FIELDS = {
@@ -28,6 +30,7 @@ _FLAG_FIELDS = {
     "backbone_weights": "backbone_weights", "export_dir": "export_dir",
     "tfds_data_dir": "tfds_data_dir", "tfds_manual_dir": "tfds_manual_dir",
     "seed": "seed", "checkpoint_every": "checkpoint_every",
+    "mixed_precision": "mixed_precision", "accumulate": "accumulate",
 }
 
 
@@ -52,6 +55,14 @@ def build_parser():
     p.add_argument("--checkpoint-every", help="steps between checkpoints")
     p.add_argument("--multi-worker", action="store_true",
                    help="MultiWorkerMirroredStrategy configured by TF_CONFIG")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISIONS,
+                   help="train under Keras mixed_float16 / mixed_bfloat16 (logits, loss, CRF, "
+                        "BN statistics and weights stay float32; float16 uses loss scaling)")
+    p.add_argument("--accumulate", metavar="N",
+                   help="gradient accumulation: split each batch into N micro-batches, one "
+                        "update per batch (Caffe iter_size; batch_size stays the effective batch)")
+    p.add_argument("--jit-compile", action="store_true",
+                   help="compile the training step with XLA")
     p.add_argument("--resume", choices=RESUME_MODES,
                    help="auto: continue from the newest checkpoint in the output dir if any "
                         "(default); require: fail without one; never: fail if one exists")
@@ -79,6 +90,8 @@ def resolve_config(args):
         overrides["tfds"] = "true"
     if args.multi_worker:
         overrides["multi_worker"] = "true"
+    if args.jit_compile:
+        overrides["jit_compile"] = "true"
     if args.no_export:
         overrides["export_dir"] = "none"
     if args.no_eval:

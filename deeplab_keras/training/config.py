@@ -31,6 +31,7 @@ from deeplab_keras.data import builtin as _builtin
 LR_POLICIES = ("step", "poly")
 INITS = ("keras", "lsuv")
 RESUME_MODES = ("auto", "require", "never")
+MIXED_PRECISIONS = ("float16", "bfloat16")  # Keras mixed_float16 / mixed_bfloat16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,16 @@ class TrainConfig:
         "require" (fail without one) or "never" (fail if one exists).
       multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG instead of
         MirroredStrategy over the local GPUs.
+      mixed_precision: None (float32), "float16" or "bfloat16": the Keras
+        `mixed_*` policy for the training network (logits, loss, softmax, CRF,
+        BN statistics and the weights stay float32; float16 adds dynamic loss
+        scaling). The saved and exported inference network is float32.
+      accumulate: micro-batches per SGD step (Caffe's iter_size): batch_size
+        stays the effective batch and is split into `accumulate` forward /
+        backward passes whose gradients are summed before one update
+        (`deeplab_keras.training.accumulation`). batch_size must be a multiple
+        of accumulate x replicas.
+      jit_compile: compile the training step with XLA (`model.compile(jit_compile=True)`).
       evaluate: evaluate on `val_split` after training.
       eval_scales: inference scales for that evaluation ((1.0,) = single scale).
       eval_flip: also average the horizontally flipped prediction.
@@ -135,6 +146,9 @@ class TrainConfig:
     val_miou_images: int = 0
     resume: str = "auto"
     multi_worker: bool = False
+    mixed_precision: typing.Optional[str] = None
+    accumulate: int = 1
+    jit_compile: bool = False
     # After training
     evaluate: bool = True
     eval_scales: typing.Tuple[float, ...] = (1.0,)
@@ -239,6 +253,12 @@ def validate(cfg):
     if cfg.tfds and cfg.data_dir:
         raise ValueError("Give either data_dir (VOCdevkit files) or tfds=true, not both. "
                          f"Received: data_dir={cfg.data_dir!r}, tfds=True")
+    if cfg.mixed_precision not in MIXED_PRECISIONS + (None,):
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS} or none. "
+                         f"Received: mixed_precision={cfg.mixed_precision!r}")
+    if cfg.accumulate < 1 or cfg.batch_size % cfg.accumulate:
+        raise ValueError("accumulate must be >= 1 and divide batch_size (the effective batch). "
+                         f"Received: accumulate={cfg.accumulate}, batch_size={cfg.batch_size}")
     if cfg.backbone_weights == "imagenet" and cfg.width_multiplier != 1.0:
         raise ValueError("ImageNet backbone weights need width_multiplier=1.0. Received: "
                          f"width_multiplier={cfg.width_multiplier}, backbone_weights='imagenet' "

@@ -110,6 +110,29 @@ def segmentation_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
     return tf.math.divide_no_nan(total, count)
 
 
+
+def valid_pixel_count(labels, logits, ignore_label=IGNORE_LABEL, across_replicas=True):
+    """The divisor of `segmentation_cross_entropy`: non-ignored pixels on the logit grid.
+
+    Gradient accumulation (`deeplab_keras.training.accumulation`) weights each
+    micro-batch's mean loss by its share of this count, so that the accumulated
+    gradient is that of the mean over the valid pixels of the whole batch.
+
+    Args:
+      labels: int [B, H, W] (or [B, H, W, 1]) at input resolution.
+      logits: float [B, h, w, C] (only its shape is read).
+      ignore_label: the ignored label value.
+      across_replicas: sum over the replicas inside a `tf.distribute` replica
+        context (as the loss's divisor is); False: this replica's count.
+
+    Returns:
+      float32 scalar.
+    """
+    shape = tf.shape(logits)
+    labels = reduce_labels(labels, (shape[1], shape[2]))
+    count = tf.reduce_sum(tf.cast(tf.not_equal(labels, ignore_label), tf.float32))
+    return _global_sum(count) if across_replicas else count
+
 @keras.saving.register_keras_serializable(package="deeplab_keras")
 class SegmentationCrossEntropy(keras.losses.Loss):
     """Keras loss wrapper of `segmentation_cross_entropy` for `model.compile`.

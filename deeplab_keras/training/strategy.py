@@ -98,16 +98,22 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-def per_replica_batch(global_batch, strategy):
-    """Images per replica; the global batch must split evenly.
+def per_replica_batch(global_batch, strategy, accumulate=1):
+    """Images per replica (per optimizer step); the global batch must split evenly.
+
+    Args:
+      global_batch: the effective batch of one optimizer step.
+      strategy: the distribution strategy.
+      accumulate: micro-batches per step; each replica's share must split into them.
 
     Raises:
-      ValueError: global_batch not a multiple of `strategy.num_replicas_in_sync`.
+      ValueError: global_batch not a multiple of replicas x accumulate.
     """
     replicas = strategy.num_replicas_in_sync
-    if global_batch % replicas:
+    if global_batch % (replicas * accumulate):
         raise ValueError(f"batch_size must be a multiple of the number of replicas ({replicas}) "
-                         f"so that every replica gets the same share. Received: batch_size={global_batch}")
+                         f"times accumulate ({accumulate}) so that every replica gets the same "
+                         f"share of every micro-batch. Received: batch_size={global_batch}")
     return global_batch // replicas
 
 
@@ -116,3 +122,39 @@ def distribute_options(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def synchronize_batchnorm(model, strategy):
+    """SyncBatchNorm: trained BatchNorm layers compute their batch statistics over all replicas.
+
+    Under MirroredStrategy each replica sees batch_size / replicas images; a
+    BatchNorm layer in training mode would normalise with the statistics of
+    its replica's share only. With `synchronized=True` (Keras,
+    TensorFlow backend) the mean and variance are all-reduced across the
+    replicas, so they are those of the global batch, as on one device. Frozen
+    BN (DeepLab v2's ResNet-101, `freeze_bn=True`) uses its moving statistics
+    and is left alone, as is every model under a single replica.
+
+    Call on the training model (nested MSC models included) before the first
+    training step is traced: the layers read the flag when they are called.
+
+    Args:
+      model: a Keras model.
+      strategy: the `tf.distribute.Strategy` the model is trained under.
+
+    Returns:
+      The names of the layers that were switched to synchronized statistics.
+    """
+    import keras
+
+    from deeplab_keras.training.optimizer import _all_layers
+
+    if strategy.num_replicas_in_sync <= 1:
+        return []
+    switched = []
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable \
+                and not layer.synchronized:
+            layer.synchronized = True
+            switched.append(layer.name)
+    return switched

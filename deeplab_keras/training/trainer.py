@@ -5,9 +5,11 @@
   1. the run directory (must be writable) and the distribution strategy;
   2. the data: VOCdevkit (+SBD) files, the TFDS builder, or the built-in set;
   3. inside `strategy.scope()`: the model (+ the MSC wrapper with 4 outputs for
-     v2), the schedule (v1 step / v2 poly), SGD with momentum 0.9, L2 decay on
-     kernels and 10x learning rate on the classifier, the stride-8 softmax loss
-     with 255 ignored, `model.compile`;
+     v2; under the mixed-precision policy if asked), the schedule (v1 step / v2
+     poly), SGD with momentum 0.9, L2 decay on kernels and 10x learning rate on
+     the classifier, the stride-8 softmax loss with 255 ignored, `model.compile`
+     (XLA if asked), gradient accumulation and SyncBatchNorm if asked / needed
+     (`compile_for_training`);
   4. resume from the newest checkpoint (model, momentum, step, hence schedule);
   5. `model.fit` with checkpoints, NaN stop, CSV / TensorBoard logs and the
      Keras progress bar;
@@ -37,13 +39,15 @@ from pathlib import Path
 import keras
 
 from deeplab_keras.training import callbacks as cb
+from deeplab_keras.training.accumulation import install_accumulation
 from deeplab_keras.training.atomic import atomic_save, check_writable
 from deeplab_keras.training.config import TrainConfig
 from deeplab_keras.training.losses import SegmentationCrossEntropy
 from deeplab_keras.training.optimizer import make_optimizer
+from deeplab_keras.training.precision import dtype_policy
 from deeplab_keras.training.schedules import make_schedule
 from deeplab_keras.training.strategy import (distribute_options, is_chief, make_strategy,
-                                             per_replica_batch)
+                                             per_replica_batch, synchronize_batchnorm)
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
@@ -132,19 +136,57 @@ def make_train_dataset(config, data_dir, seed, output_keys=None):
     return distribute_options(ds)
 
 
-def build_networks(config, backbone_weights="config"):
+def build_networks(config, backbone_weights="config", mixed_precision="config"):
     """(base model, training model): the training model is the MSC wrapper with
     one output per scale plus the fused one when `config.msc_training`, else the
-    base model itself. Weights are shared."""
+    base model itself. Weights are shared.
+
+    Both are built under the dtype policy of `mixed_precision` ("config":
+    `config.mixed_precision`; None: float32), see `training.precision`.
+    """
     from deeplab_keras.models import build_model, wrap_msc
 
     weights = config.backbone_weights if backbone_weights == "config" else backbone_weights
-    base = build_model(config.model, num_classes=config.num_classes, backbone_weights=weights,
-                       width_multiplier=config.width_multiplier, freeze_bn=config.freeze_bn,
-                       dropout=config.dropout)
-    if not config.msc_training:
-        return base, base
-    return base, wrap_msc(base, config.msc_scales, training_outputs=True)
+    precision = config.mixed_precision if mixed_precision == "config" else mixed_precision
+    with dtype_policy(precision):
+        base = build_model(config.model, num_classes=config.num_classes, backbone_weights=weights,
+                           width_multiplier=config.width_multiplier, freeze_bn=config.freeze_bn,
+                           dropout=config.dropout)
+        if not config.msc_training:
+            return base, base
+        return base, wrap_msc(base, config.msc_scales, training_outputs=True)
+
+
+def compile_for_training(config, train_model, strategy=None):
+    """Optimizer, loss and `compile` of the training model, as `train` does it.
+
+    DeepLabSGD (momentum, L2 on kernels, 10x on the classifier) on the
+    config's schedule; one stride-8 loss per output; `jit_compile` from the
+    config; a LossScaleOptimizer around the SGD under mixed float16 (Keras'
+    `compile` adds it); `accumulate` micro-batches per step; SyncBatchNorm
+    for trained BN under several replicas. Call inside `strategy.scope()`.
+
+    Returns:
+      (output keys or None, the loss passed to compile).
+    """
+    optimizer = make_optimizer(train_model, make_schedule(config), momentum=config.momentum,
+                               weight_decay=config.weight_decay,
+                               classifier_lr_mult=config.classifier_lr_mult)
+    if isinstance(train_model.output, dict):
+        output_keys = sorted(train_model.output)
+        loss = {k: SegmentationCrossEntropy(name=f"{k}_loss") for k in output_keys}
+    else:
+        output_keys, loss = None, SegmentationCrossEntropy()
+    if strategy is not None:
+        synced = synchronize_batchnorm(train_model, strategy)
+        if synced:
+            print(f"[train] SyncBatchNorm over {strategy.num_replicas_in_sync} replicas: "
+                  f"{len(synced)} BatchNorm layers", flush=True)
+    train_model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile)
+    # The compiled optimizer: DeepLabSGD, or the LossScaleOptimizer wrapping it (float16).
+    train_model.optimizer.build(train_model.trainable_variables)
+    install_accumulation(train_model, loss, config.accumulate)
+    return output_keys, loss
 
 
 def lsuv_init(model, images, skip=()):
@@ -173,7 +215,8 @@ def lsuv_init(model, images, skip=()):
     probe = keras.Model(model.inputs, [layer.output for layer in convs])
     stds = []
     for i, layer in enumerate(convs):
-        std = float(tf.math.reduce_std(probe(images, training=False)[i]))
+        # float32: under mixed float16 the sum of squares overflows.
+        std = float(tf.math.reduce_std(tf.cast(probe(images, training=False)[i], tf.float32)))
         if not 0 < std < float("inf"):
             raise ValueError(f"LSUV init: layer {layer.name} has output std {std} on the "
                              "probe batch; cannot rescale it.")
@@ -209,18 +252,14 @@ def load_checkpoint_model(config, checkpoint):
     the file.
     """
     base, train_model = build_networks(config, backbone_weights=None)
-    optimizer = make_optimizer(train_model, make_schedule(config), momentum=config.momentum,
-                               weight_decay=config.weight_decay,
-                               classifier_lr_mult=config.classifier_lr_mult)
-    train_model.compile(optimizer=optimizer, loss=SegmentationCrossEntropy(), jit_compile=False)
-    optimizer.build(train_model.trainable_variables)
+    compile_for_training(config, train_model)
     cb.restore_checkpoint(train_model, checkpoint)
     return _inference_copy(config, base)
 
 
 def _inference_copy(config, base):
-    """A fresh single-scale model outside any distribution scope, with `base`'s weights."""
-    model, _ = build_networks(config, backbone_weights=None)
+    """A fresh float32 single-scale model outside any distribution scope, with `base`'s weights."""
+    model, _ = build_networks(config, backbone_weights=None, mixed_precision=None)
     model.set_weights(base.get_weights())
     return model
 
@@ -255,7 +294,7 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
     if chief:
         check_writable(run_dir)
         cb.remove_stale_temporaries(run_dir)
-    per_replica_batch(config.batch_size, strategy)
+    per_replica_batch(config.batch_size, strategy, config.accumulate)
     latest = cb.latest_checkpoint(run_dir)
     if latest and config.resume == "never":
         raise FileExistsError(f"{run_dir} already holds checkpoints (newest: {latest[1]}) and "
@@ -274,17 +313,7 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
     # 3. Model, schedule, optimizer, loss.
     with strategy.scope():
         base, train_model = build_networks(config)
-        schedule = make_schedule(config)
-        optimizer = make_optimizer(train_model, schedule, momentum=config.momentum,
-                                   weight_decay=config.weight_decay,
-                                   classifier_lr_mult=config.classifier_lr_mult)
-        if isinstance(train_model.output, dict):
-            output_keys = sorted(train_model.output)
-            loss = {k: SegmentationCrossEntropy(name=f"{k}_loss") for k in output_keys}
-        else:
-            output_keys, loss = None, SegmentationCrossEntropy()
-        train_model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
-        optimizer.build(train_model.trainable_variables)
+        output_keys, _ = compile_for_training(config, train_model, strategy)
 
         # 4. Resume: weights, momentum and the step counter the schedule reads.
         start_step = 0
@@ -324,7 +353,13 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
             with strategy.scope():
                 _prebuild_for_multi_worker(train_model, dataset)
         spe = config.steps_per_epoch
-        fit = train_model.fit(dataset, epochs=math.ceil(config.steps / spe), steps_per_epoch=spe,
+        epochs = math.ceil(config.steps / spe)
+        if config.mixed_precision == "float16":
+            # A step whose scaled gradients overflow is skipped (the loss scale halves; ~15
+            # at the start, then rarely): room for those batches; StopAtStep ends the run
+            # after `steps` optimizer steps.
+            epochs += math.ceil((32 + config.steps // 1000) / spe)
+        fit = train_model.fit(dataset, epochs=epochs, steps_per_epoch=spe,
                               initial_epoch=start_step // spe, callbacks=callbacks,
                               shuffle=False, verbose=verbose)
         history = fit.history
