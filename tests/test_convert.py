@@ -2,7 +2,8 @@
 
 Every file is written here in the real on-disk format with the official layer
 names and blob layouts (reduced widths), converted, and the Keras logits are
-compared with the independent Caffe reference of test_convert_reference.py.
+compared with the independent Caffe reference of test_convert_reference.py
+(at small odd/even sizes here; the 321 / 513 / 375x500 parity is in that file).
 """
 
 import collections
@@ -29,7 +30,8 @@ torch = pytest.importorskip("torch")
 
 from deeplab_keras.convert import cli  # noqa: E402
 from deeplab_keras.convert.caffemodel import CaffeModelError, read_caffemodel, write_caffemodel  # noqa: E402
-from deeplab_keras.convert.convert import convert  # noqa: E402
+from deeplab_keras.convert.convert import convert, read_source  # noqa: E402
+from deeplab_keras.convert.mapping import plan_weights, source_classes  # noqa: E402
 from deeplab_keras.convert.pth import PthError, read_pth  # noqa: E402
 
 
@@ -41,6 +43,19 @@ def _layers(net, blobs):
 def resnet_case():
     net = resnet101_net()
     return net, random_blobs(net, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_resnet():
+    """One reduced-width ResNet for the tests that only check the mapping (building one costs seconds)."""
+    from deeplab_keras.models import build_model
+
+    return build_model("resnet101_aspp", width_multiplier=WIDTH)
+
+
+def _plan(path, model):
+    fmt, tensors = read_source(path)
+    return plan_weights(model, tensors, fmt, repr(str(path)))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +75,7 @@ def test_v1_largefov_caffemodel_converts_to_the_reference(tmp_path, largefov_cas
     result = convert(path, width_multiplier=WIDTH)
     assert result.model_name == "vgg16_largefov" and result.num_classes == 21
     assert not result.plan.leftovers and not result.plan.reinitialised
-    x = images((375, 500))
+    x = images((95, 130))
     assert_parity(result.model(x), run_net(net, blobs, x))
 
 
@@ -71,7 +86,7 @@ def test_v2_aspp_l_caffemodel_converts_to_the_reference(tmp_path):
     write_caffemodel(path, _layers(net, blobs))
     result = convert(path, width_multiplier=WIDTH)
     assert result.model_name == "vgg16_aspp_l"
-    x = images((321, 321))
+    x = images((97, 64))
     assert_parity(result.model(x), run_net(net, blobs, x))
 
 
@@ -94,28 +109,34 @@ def test_resnet_msc_caffemodel_skips_equal_copies_and_matches(tmp_path, resnet_c
     n_tensors = sum(len(a) for a in blobs.values())
     assert len(result.plan.msc_copies) == 2 * n_tensors and not result.plan.leftovers
     assert "conv1_conv" in result.plan.zero_bias  # Caffe ResNet convs have no bias
-    x = images((375, 500))
+    x = images((95, 130))
     assert_parity(result.model(x), run_net(net, blobs, x))
 
 
-def test_msc_copy_that_differs_is_an_error_naming_it(tmp_path, resnet_case):
+def test_msc_copy_that_differs_is_an_error_naming_it(tmp_path, resnet_case, small_resnet):
     net, blobs = resnet_case
     layers = _msc_layers(net, blobs)
     name, type_, arrays = next(l for l in layers if l[0] == "res3a_branch2b_res05")
     layers[layers.index((name, type_, arrays))] = (name, type_, [arrays[0] + 1])
     path = tmp_path / "bad_msc.caffemodel"
     write_caffemodel(path, layers)
-    with pytest.raises(ValueError, match="res3a_branch2b_res05"):
-        convert(path, width_multiplier=WIDTH)
+    with pytest.raises(ValueError, match=r"bad_msc\.caffemodel.*res3a_branch2b_res05"):
+        _plan(path, small_resnet)
 
 
-def test_batchnorm_factor_zero_gives_zero_statistics(tmp_path, resnet_case):
+def test_batchnorm_factor_zero_gives_zero_statistics(tmp_path, resnet_case, small_resnet):
     net, blobs = resnet_case
     blobs = dict(blobs, bn_conv1=[b * 0 for b in blobs["bn_conv1"]])
     path = tmp_path / "f0.caffemodel"
     write_caffemodel(path, _layers(net, blobs))
-    bn = convert(path, width_multiplier=WIDTH).model.get_layer("conv1_bn")
-    assert not np.asarray(bn.moving_mean).any() and not np.asarray(bn.moving_variance).any()
+    arrays = dict((layer.name, a) for layer, a in _plan(path, small_resnet).assign)
+    gamma, beta, mean, var = arrays["conv1_bn"]
+    assert not mean.any() and not var.any() and np.isfinite(mean).all()
+    np.testing.assert_array_equal(gamma, blobs["scale_conv1"][0])
+    mean2, var2 = arrays["conv2_block1_1_bn"][2:]  # the others: blob / factor
+    m, v, f = blobs["bn2a_branch2a"]
+    np.testing.assert_allclose(mean2, m / f[0], rtol=1e-6)
+    np.testing.assert_allclose(var2, v / f[0], rtol=1e-6)
 
 
 def test_coco_init_91_classes_and_num_classes_reinitialises_the_classifier(tmp_path, resnet_case, capsys):
@@ -124,7 +145,7 @@ def test_coco_init_91_classes_and_num_classes_reinitialises_the_classifier(tmp_p
     blobs = random_blobs(net, seed=6)
     path = tmp_path / "init.caffemodel"
     write_caffemodel(path, _layers(net, blobs))
-    assert convert(path, width_multiplier=WIDTH).num_classes == 91
+    assert source_classes(read_source(path)[1], "caffe", "resnet101") == 91
     result = convert(path, num_classes=21, width_multiplier=WIDTH)
     assert result.source_classes == 91 and result.plan.reinitialised == [f"aspp_{k}" for k in range(1, 5)]
     kernel = result.model.get_layer("conv2_block1_2_conv").get_weights()[0]
@@ -190,7 +211,7 @@ def test_pth_converts_to_the_reference(pth_files, resnet_case):
     result = convert(pth_files[1], width_multiplier=WIDTH)
     assert result.model_name == "resnet101_aspp" and result.source_format == "pth"
     assert result.plan.leftovers == []
-    x = images((321, 321))
+    x = images((97, 64))
     assert_parity(result.model(x), run_net(net, blobs, x))
 
 
@@ -224,7 +245,7 @@ def test_cli_writes_the_model_and_reports(tmp_path, largefov_case, capsys):
     import keras
 
     loaded = keras.models.load_model(out)
-    x = images((321, 321))
+    x = images((97, 64))
     assert_parity(loaded(x), run_net(net, blobs, x))
     out5 = tmp_path / "five.keras"
     assert cli.main([str(src), "--output", str(out5), "--num-classes", "5", *small]) == 0
@@ -248,7 +269,7 @@ def test_bad_caffemodel_is_a_clear_error_and_writes_nothing(tmp_path, largefov_c
     assert not out.exists() and os.listdir(tmp_path) == ["model.caffemodel"]
 
 
-def test_caffemodel_of_another_network_names_the_first_missing_layer(tmp_path, capsys):
+def test_caffemodel_of_another_network_names_the_first_missing_layer(tmp_path, capsys, small_resnet):
     # An AlexNet-style file: conv1..conv5 and fc6..fc8 (not DeepLab's names).
     rng = np.random.default_rng(0)
     layers = [("conv1", "Convolution", [rng.normal(size=(8, 3, 11, 11)).astype("f4"), np.zeros(8, "f4")]),
@@ -259,12 +280,13 @@ def test_caffemodel_of_another_network_names_the_first_missing_layer(tmp_path, c
         convert(src)
     with pytest.raises(ValueError, match=r"alexnet\.caffemodel.*'conv1_1'"):
         convert(src, model="vgg16_largefov", num_classes=21, width_multiplier=WIDTH)
+    # conv1 exists in both, with another shape: named with both shapes (at the source's width).
+    with pytest.raises(ValueError, match=r"'conv1_conv'.*\(7, 7, 3, 4\).*\(11, 11, 3, 8\), \(8,\)"):
+        _plan(src, small_resnet)
     out = tmp_path / "x.keras"
-    assert cli.main([str(src), "--output", str(out), "--model", "resnet101_aspp", "--num-classes", "21",
-                     "--width-multiplier", str(WIDTH)]) == 1
+    assert cli.main([str(src), "--output", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "alexnet.caffemodel" in err and "'conv1_conv'" in err and "(11, 11, 3, 8)" in err
-    assert not out.exists()
+    assert "alexnet.caffemodel" in err and "fit no DeepLab model" in err and not out.exists()
 
 
 def test_pth_of_a_different_model_is_a_clear_error(tmp_path, capsys):

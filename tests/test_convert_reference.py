@@ -336,9 +336,10 @@ def test_reference_sizes_are_the_caffe_ones():
     np.testing.assert_allclose(caffe_pool(ones, "AVE", 3, 1, 1)[0, 0, 0, 0].item(), 4 / 9)
 
 
-@pytest.mark.parametrize("hw", [(375, 500), (321, 321)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
+@pytest.mark.parametrize("hw", [(95, 130)], ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_msc_with_caffe_interp_matches_the_released_msc_net(converted, hw):
-    """wrap_msc(caffe_interp=True): Interp sizes (375 -> 280 / 188) and aligned corners, max fusion."""
+    """wrap_msc(caffe_interp=True): Interp sizes (95 -> 70 / 48 where ceil(H*s) gives 72 / 48) and
+    aligned corners, max fusion."""
     from deeplab_keras.models import wrap_msc
 
     model, net, blobs = converted["resnet101_aspp"]
