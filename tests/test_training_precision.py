@@ -100,9 +100,11 @@ def test_exports_take_float32_and_give_the_labels_of_the_bfloat16_network(bf16_r
     mixed.set_weights(bf16_run.model.get_weights())
     images, _ = checks.eval_images(SIZE, 8, split="val", num_classes=config.num_classes)
     reference = checks.reference_outputs(mixed, images)
-    # Not a constant map (which would agree trivially): measured 2 classes, 19 % / 81 %.
+    # Not a (nearly) constant map, which would agree trivially: >= 5 % of the pixels are
+    # not of the most frequent class (measured 2 classes, 19 % / 81 %; after the Caffe-exact
+    # pools and native dilated convs, 3 classes, 70 % / 28 % / 2 %).
     _, counts = np.unique(reference["labels"], return_counts=True)
-    assert len(counts) >= 2 and counts.min() >= 0.05 * counts.sum(), counts
+    assert len(counts) >= 2 and counts.sum() - counts.max() >= 0.05 * counts.sum(), counts
 
     mixed_sm = export_saved_model(mixed, tmp_path / "sm_bfloat16")
     signature = tf.saved_model.load(str(mixed_sm)).signatures["serving_images"]

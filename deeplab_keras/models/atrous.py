@@ -45,7 +45,7 @@ LOWERINGS = ("auto", "native", "space_to_batch")
 ENV_VAR = "DEEPLAB_KERAS_ATROUS"
 
 _requested = None  # one of LOWERINGS once read
-_native_supported = None  # result of the probe (bool) once run
+_native_supported = {}  # dtype name -> result of the probe (bool) once run
 
 
 def set_atrous_lowering(lowering):
@@ -94,20 +94,23 @@ def get_atrous_lowering():
     return _requested
 
 
-def native_dilated_conv_supported():
+def native_dilated_conv_supported(dtype="float32"):
     """Whether this TF build runs a dilated Conv2D and its gradients natively.
+
+    Probed per compute dtype: oneDNN runs float32 and bfloat16 dilated backprop,
+    but a float16 dilated Conv2DBackpropInput falls back to Eigen, which refuses it.
 
     Runs (once, eagerly, a few milliseconds) the forward and both gradients of a
     tiny dilated conv. False on CPUs without oneDNN (TF's Eigen kernels refuse
     dilated backprop); True with oneDNN on x86 and with cuDNN.
     """
-    global _native_supported
-    if _native_supported is None:
+    dtype = tf.as_dtype(dtype)
+    if dtype.name not in _native_supported:
         # init_scope: eager even when first asked inside a tf.function trace. It
         # also pauses gradient tapes, so the two gradient ops are called directly.
         with tf.init_scope():
-            x = tf.ones([1, 5, 5, 1])
-            w = tf.ones([3, 3, 1, 1])
+            x = tf.ones([1, 5, 5, 1], dtype)
+            w = tf.ones([3, 3, 1, 1], dtype)
             dilations = [1, 2, 2, 1]
             try:
                 y = tf.nn.conv2d(x, w, 1, "SAME", dilations=2)
@@ -120,20 +123,20 @@ def native_dilated_conv_supported():
                 # All ones, 3x3 at rate 2 on 5x5: the centre output sees all 9 taps,
                 # and both gradients of sum(y) add up to sum(y) (one per valid tap).
                 total = float(tf.reduce_sum(y))
-                _native_supported = (float(y[0, 2, 2, 0]) == 9.0
+                _native_supported[dtype.name] = (float(y[0, 2, 2, 0]) == 9.0
                                      and float(tf.reduce_sum(dx)) == total
                                      and float(tf.reduce_sum(dw)) == total)
             except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
                     tf.errors.NotFoundError):
-                _native_supported = False
-    return _native_supported
+                _native_supported[dtype.name] = False
+    return _native_supported[dtype.name]
 
 
-def uses_native_lowering():
-    """True when dilated `AtrousConv2D` layers traced now use the native dilated conv."""
+def uses_native_lowering(dtype="float32"):
+    """True when dilated `AtrousConv2D` layers of this compute dtype traced now use the native conv."""
     lowering = get_atrous_lowering()
     if lowering == "auto":
-        return native_dilated_conv_supported()
+        return native_dilated_conv_supported(dtype)
     return lowering == "native"
 
 
@@ -157,7 +160,7 @@ class AtrousConv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         dilated = any(d > 1 for d in self.dilation_rate)
         strided = any(s > 1 for s in self.strides)
-        if not dilated or strided or self.groups != 1 or not uses_native_lowering():
+        if not dilated or strided or self.groups != 1 or not uses_native_lowering(inputs.dtype):
             return super().convolution_op(inputs, kernel)
         data_format = "NHWC" if self.data_format == "channels_last" else "NCHW"
         return tf.nn.conv2d(
