@@ -1,10 +1,16 @@
-"""The CRF alone and a DeepLab model followed by the CRF convert to TFLite
+"""The CRF alone and a DeepLab model followed by the CRF, traced plainly as a
+user would (no context manager, default implementation), convert to TFLite
 (builtin ops only) and ONNX (tf2onnx), and the converted graphs give the same
-labels as TensorFlow.
+labels as TensorFlow; TensorFlow itself runs the sparse form of that graph.
 
 Conversions are slow, so each is done once per module at a small fixed size
 (48x64; a fixed size is what TFLite needs anyway, see DESIGN.md section 5).
 """
+
+import glob
+import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -67,17 +73,37 @@ def sample():
 
 @pytest.fixture(scope="module")
 def crf_alone():
-    """tf.function(images uint8, logits) -> probabilities, traced portable."""
-    crf = DenseCRF()  # implementation="auto": portable while tracing below
+    """tf.function(images uint8, logits) -> probabilities, traced plainly."""
+    crf = DenseCRF()  # implementation="auto"
 
     @tf.function(input_signature=[tf.TensorSpec([1, H, W, 3], tf.uint8, name="images"),
                                   tf.TensorSpec([1, H, W, C], tf.float32, name="logits")])
     def serve(images, logits):
         return crf(images, logits)
 
-    with portable_ops():
-        serve.get_concrete_function()
-        return serve, _tflite(serve), _onnx(serve)
+    return serve, _tflite(serve), _onnx(serve)
+
+
+def _ops_run(fn, *args):
+    """Names of the TF op types that ran while `fn(*args)` executed (profiler)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    fn(*args)  # trace and optimise outside the profile
+    logdir = tempfile.mkdtemp()
+    tf.profiler.experimental.start(logdir)
+    try:
+        fn(*args)
+    finally:
+        tf.profiler.experimental.stop()
+    ops = set()
+    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            ops.update(m.name.rsplit(":", 1)[-1] for m in plane.event_metadata.values() if ":" in m.name)
+    shutil.rmtree(logdir, ignore_errors=True)
+    return ops
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +117,7 @@ def model_then_crf():
         logits = resize_logits(model(preprocess_images(images), training=False), (H, W))
         return dense_crf(images, logits)
 
-    with portable_ops():
-        serve.get_concrete_function()
-        return serve, _tflite(serve), _onnx(serve)
+    return serve, _tflite(serve), _onnx(serve)
 
 
 def _agreement(a, b):
@@ -126,25 +150,76 @@ class TestCrfAlone:
         ops = {node.op_type for node in onnx_model.graph.node}
         assert {"Unique", "ScatterND", "Gather"} <= ops, sorted(ops)
 
-    def test_converted_graph_equals_default_sparse_path(self, crf_alone, sample):
-        # The portable graph that was converted computes what the default
-        # (sparse) CRF computes in TensorFlow.
+    def test_converted_graph_equals_sparse_path(self, crf_alone, sample):
+        # The graph that was converted computes what the sparse CRF computes.
         serve, _, _ = crf_alone
         image, logits = sample
         np.testing.assert_allclose(serve(image, logits).numpy(),
                                    dense_crf(image, logits, implementation="sparse").numpy(), atol=1e-4)
 
+    def test_tensorflow_runs_the_sparse_form_of_the_default_graph(self, crf_alone, sample):
+        serve, _, _ = crf_alone
+        image, logits = sample
+        ops = _ops_run(serve, tf.constant(image), tf.constant(logits))
+        assert "SparseTensorDenseMatMul" in ops, sorted(ops)
+        assert "TensorScatterAdd" not in ops, sorted(ops)
 
-    def test_default_sparse_graph_refuses_tflite_loudly(self):
-        # Outside portable_ops() the lattice uses SparseTensorDenseMatMul,
-        # which has no builtin: conversion must fail, not silently need Flex.
+    def test_portable_ops_context_traces_the_portable_form_only(self, sample):
+        @tf.function(input_signature=[tf.TensorSpec([1, H, W, 3], tf.uint8),
+                                      tf.TensorSpec([1, H, W, C], tf.float32)])
+        def serve(images, logits):
+            return dense_crf(images, logits, iterations=2)
+
+        with portable_ops():
+            concrete = serve.get_concrete_function()
+        library_ops = {node.op for f in concrete.graph.as_graph_def().library.function for node in f.node_def}
+        assert "SparseTensorDenseMatMul" not in library_ops
+        assert "TensorScatterAdd" in _ops_run(serve, *map(tf.constant, sample))
+
+    def test_explicit_sparse_graph_refuses_tflite_loudly(self):
+        # implementation="sparse" uses SparseTensorDenseMatMul, which has no
+        # builtin: conversion must fail, not silently need Flex.
         @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.uint8),
                                       tf.TensorSpec([1, 8, 8, C], tf.float32)])
         def serve(images, logits):
-            return dense_crf(images, logits, iterations=1)
+            return dense_crf(images, logits, iterations=1, implementation="sparse")
 
         with pytest.raises(Exception, match="SparseTensorDenseMatMul"):
             _tflite(serve)
+
+    def test_gradient_through_the_default_graph(self, sample):
+        image, logits = map(tf.constant, sample)
+
+        def loss_grad(implementation):
+            with tf.GradientTape() as tape:
+                tape.watch(logits)
+                q = dense_crf(image, logits, iterations=3, implementation=implementation)
+                loss = tf.reduce_sum(q[..., 1] ** 2)
+            return tape.gradient(loss, logits)
+
+        graph = tf.function(lambda: loss_grad("auto"))().numpy()
+        eager = loss_grad("portable").numpy()
+        np.testing.assert_allclose(graph, eager, atol=1e-4 * np.abs(eager).max())
+
+    def test_saved_model_and_keras_model_convert_plainly(self, tmp_path, sample):
+        # A Keras model holding the layer: TFLite from the Keras model itself,
+        # and a SavedModel that TensorFlow reloads and still runs sparse.
+        images = keras.Input((H, W, 3), batch_size=1, name="images")
+        logits = keras.Input((H, W, C), batch_size=1, name="logits")
+        model = keras.Model([images, logits], DenseCRF(iterations=3)(images, logits))
+        image, logit = sample
+        expected = model([image.astype(np.float32), logit]).numpy()
+
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        got, _ = _run_tflite(converter.convert(), {"images": image.astype(np.float32), "logits": logit})
+        assert _agreement(got, expected) >= 0.999
+
+        model.export(str(tmp_path / "crf"), verbose=False)
+        serve = tf.saved_model.load(str(tmp_path / "crf")).serve
+        args = ([tf.constant(image, tf.float32), tf.constant(logit)],)  # the model's input list
+        np.testing.assert_allclose(serve(*args).numpy(), expected, atol=1e-4)
+        assert "SparseTensorDenseMatMul" in _ops_run(serve, *args)
 
 
 class TestModelThenCrf:

@@ -26,6 +26,7 @@ import inspect
 import math
 import numbers
 import threading
+import uuid
 
 import keras
 import numpy as np
@@ -64,10 +65,11 @@ _PORTABLE_DEPTH = threading.local()
 
 @contextlib.contextmanager
 def portable_ops():
-    """Within this context, CRFs with implementation="auto" trace portable ops.
+    """Within this context, CRFs with implementation="auto" trace portable ops only.
 
-    Use it around the tracing for TFLite or ONNX conversion (the converters
-    know no SparseTensorDenseMatMul):
+    Not needed for conversion any more (the default graph converts); it
+    leaves out the sparse form that "auto" adds beside the portable one, so
+    the graph is smaller and runs the portable form in TensorFlow too:
 
         with deeplab_keras.crf.portable_ops():
             concrete = tf.function(model).get_concrete_function(spec)
@@ -81,6 +83,7 @@ def portable_ops():
 
 
 def _resolve_implementation(implementation):
+    """'sparse' or 'portable'; "auto" is "sparse" (eager) unless in portable_ops()."""
     if implementation == "auto":
         return "portable" if getattr(_PORTABLE_DEPTH, "value", 0) > 0 else "sparse"
     if implementation not in IMPLEMENTATIONS:
@@ -183,13 +186,16 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
         bilateral_weight: w1, weight of the appearance kernel (>= 0).
         bilateral_spatial_sigma: sigma_alpha in pixels (> 0).
         bilateral_color_sigma: sigma_beta in RGB units (> 0).
-        implementation: "sparse" applies the lattice with
-            `tf.sparse.sparse_dense_matmul` (about 4x faster lattice filtering
-            in TensorFlow on CPU; GPU not measured here), but
-            SparseTensorDenseMatMul has no TFLite builtin and no ONNX
-            conversion; "portable" uses gather / scatter-add only and
-            converts to TFLite builtins and ONNX; "auto" is "portable" inside
-            `portable_ops()` and "sparse" otherwise. Both give the same numbers.
+        implementation: "auto" (default) runs the sparse form in eager
+            mode; in a traced graph it puts the portable form in the graph
+            and the sparse form beside it, and TensorFlow swaps in the sparse
+            form when it runs the graph on a CPU, while TFLite and tf2onnx
+            convert the portable form (see `_picked_by_device`); inside
+            `portable_ops()` it is "portable". "sparse" applies the lattice
+            with `tf.sparse.sparse_dense_matmul` (about 2x faster than the
+            portable form in TensorFlow on CPU), which has no TFLite builtin
+            and no ONNX conversion; "portable" uses gather / scatter-add only.
+            All give the same numbers.
 
     Returns:
         float32 [B, H, W, C] marginals Q (sum to 1 over C); argmax gives labels.
@@ -211,7 +217,7 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
     """
     _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
                   bilateral_spatial_sigma, bilateral_color_sigma)
-    implementation = _resolve_implementation(implementation)
+    resolved = _resolve_implementation(implementation)
     images = tf.convert_to_tensor(images)
     logits = tf.convert_to_tensor(logits)
     _check_shapes(images, logits)
@@ -228,7 +234,47 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
     if not tf.executing_eagerly():
         logits = tf.debugging.check_numerics(logits, "dense_crf: `logits` contain NaN or Inf")
     images = tf.clip_by_value(tf.stop_gradient(tf.cast(images, tf.float32)), 0.0, 255.0)
+    params = dict(iterations=iterations, spatial_weight=spatial_weight, spatial_sigma=spatial_sigma,
+                  bilateral_weight=bilateral_weight, bilateral_spatial_sigma=bilateral_spatial_sigma,
+                  bilateral_color_sigma=bilateral_color_sigma)
+    lattice_used = iterations > 0 and bilateral_weight > 0
+    if implementation == "auto" and resolved == "sparse" and lattice_used and not tf.executing_eagerly():
+        return _picked_by_device(images, logits, params)
+    return _mean_field(images, logits, implementation=resolved, **params)
 
+
+def _picked_by_device(images, logits, params):
+    """Graph mode, implementation="auto": sparse on CPU, portable elsewhere.
+
+    The graph calls the portable form (gather / scatter-add, which TFLite and
+    tf2onnx convert); the sparse form is a second function in the graph's
+    library with the same `api_implements` name and `api_preferred_device`
+    "CPU". When TensorFlow runs the graph on a CPU, Grappler's implementation
+    selector swaps the call to the sparse form (the mechanism Keras 2 used
+    for its cuDNN LSTM); converters, which do not run it, see the portable
+    form. The two forms give the same numbers (tested), so the swap is
+    invisible except in speed. The name is unique per call, so two CRFs in
+    one graph never swap into each other.
+    """
+    name = f"deeplab_keras_dense_crf_{uuid.uuid4().hex}"
+
+    def variant(implementation, device):
+        def mean_field(images, logits):
+            return _mean_field(images, logits, implementation=implementation, **params)
+        return tf.function(mean_field, autograph=False, experimental_attributes={
+            "api_implements": name, "api_preferred_device": device})
+
+    specs = (tf.TensorSpec(images.shape, tf.float32), tf.TensorSpec(logits.shape, tf.float32))
+    variant("sparse", "CPU").get_concrete_function(*specs).add_to_graph()
+    return variant("portable", "GPU")(images, logits)
+
+
+# Plain Python control flow only (no tensor-dependent branches): skipping
+# autograph's source conversion makes tracing ~4x faster.
+@tf.autograph.experimental.do_not_convert
+def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilateral_weight,
+                bilateral_spatial_sigma, bilateral_color_sigma, implementation):
+    """The inference itself, on checked float32 images (0-255) and logits."""
     shape = tf.shape(logits)
     num_classes = shape[3]
     unary = tf.nn.log_softmax(logits, axis=-1)  # -U, [B, H, W, C]
@@ -279,11 +325,11 @@ class DenseCRF(keras.layers.Layer):
     pydensecrf equivalence. The layer has no weights; gradients flow to the
     logits (CRF-as-RNN style end-to-end training is possible).
 
-    For TFLite / ONNX conversion trace the model inside
-    `deeplab_keras.crf.portable_ops()` (or build the layer with
-    implementation="portable"): the default sparse-matmul form has no TFLite
-    builtin (the converter raises ConverterError) and no tf2onnx handler
-    (tf2onnx leaves the op in place and onnxruntime refuses the model).
+    With the default implementation="auto" a model holding the layer
+    converts as traced (TFLite builtins, tf2onnx) and still runs the fast
+    sparse form in TensorFlow on CPU; see `dense_crf`. implementation="sparse"
+    does not convert (SparseTensorDenseMatMul has no TFLite builtin and no
+    tf2onnx handler).
 
     Example:
         >>> crf = DenseCRF(iterations=10)

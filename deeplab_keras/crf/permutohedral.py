@@ -41,6 +41,7 @@ images' lattice points never meet.
 """
 
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -374,6 +375,33 @@ def _blur_matrices(neighbours, num_points, d):
     return matrices
 
 
+# SparseTensorDenseMatMul's CPU kernel switches to an Eigen-vectorised loop
+# at 32 or more dense columns, which is 5-7x slower per column than its scalar
+# loop (measured at 375x500 and 480x640: one 41-column filter 844 ms, two
+# chunks of 21 and 20 columns 143 ms). Chunks of at most this many columns
+# stay on the scalar loop; two chunks also run on two cores at once.
+_MAX_CHUNK = 24
+_MIN_SPLIT = 16
+
+
+def _column_chunks(channels):
+    """Column counts for the sparse filter: one chunk, or near-equal chunks."""
+    if channels is None:
+        return [None]
+    count = -(-channels // _MAX_CHUNK)
+    if count == 1 and channels >= _MIN_SPLIT and (os.cpu_count() or 1) > 1:
+        count = 2
+    base, extra = divmod(channels, count)
+    return [base + (i < extra) for i in range(count)]
+
+
+def _sparse_filter(lattice, values):
+    grid = tf.sparse.sparse_dense_matmul(lattice.splat_matrix, values, adjoint_a=True)  # [M, C]
+    for blur in lattice.blur_matrices:
+        grid = grid + tf.sparse.sparse_dense_matmul(blur, grid)
+    return tf.sparse.sparse_dense_matmul(lattice.slice_matrix, grid)
+
+
 # Plain Python control flow only (no tensor-dependent branches): skipping
 # autograph's source conversion makes tracing ~4x faster.
 @tf.autograph.experimental.do_not_convert
@@ -393,10 +421,10 @@ def lattice_filter(lattice, values):
     """
     d = lattice.offsets.shape[-1] - 1
     if lattice.splat_matrix is not None:
-        grid = tf.sparse.sparse_dense_matmul(lattice.splat_matrix, values, adjoint_a=True)  # [M, C]
-        for blur in lattice.blur_matrices:
-            grid = grid + tf.sparse.sparse_dense_matmul(blur, grid)
-        return tf.sparse.sparse_dense_matmul(lattice.slice_matrix, grid)
+        sizes = _column_chunks(values.shape[-1])
+        if len(sizes) == 1:
+            return _sparse_filter(lattice, values)
+        return tf.concat([_sparse_filter(lattice, part) for part in tf.split(values, sizes, axis=1)], axis=1)
 
     # alpha = 1 / (1 + 2^-d) is the reference's correction of the blur's total
     # mass.

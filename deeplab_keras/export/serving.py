@@ -100,10 +100,11 @@ def export_info(model, crf_layer, **extra):
 def portable_tracing(crf):
     """Context for tracing graphs for TFLite / ONNX.
 
-    The CRF's default lattice uses SparseTensorDenseMatMul (fastest in
-    TensorFlow, so the SavedModel keeps it), which neither converter knows;
-    inside `deeplab_keras.crf.portable_ops()` it traces gather/scatter ops
-    with the same numbers.
+    The CRF's default graph holds the portable (gather/scatter) form and,
+    beside it, the sparse form that TensorFlow swaps in on CPU (the
+    SavedModel keeps both). The converters take the portable form either
+    way; inside `deeplab_keras.crf.portable_ops()` the sparse copy is left
+    out, so the converted file is traced from a smaller graph.
     """
     import contextlib
 
