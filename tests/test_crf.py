@@ -139,10 +139,32 @@ class TestPydensecrfParity:
         image, _, logits, _ = scene
         sparse = ours(image, logits, implementation="sparse", **V2)
         portable = ours(image, logits, implementation="portable", **V2)
+        tflite = ours(image, logits, implementation="tflite", **V2)
         with portable_ops():
             auto = ours(image, logits, implementation="auto", **V2)
+        with portable_ops("tflite"):
+            auto_tflite = ours(image, logits, implementation="auto", **V2)
         np.testing.assert_allclose(sparse, portable, atol=1e-4)
+        np.testing.assert_allclose(tflite, portable, atol=1e-5)
         np.testing.assert_array_equal(auto, portable)
+        np.testing.assert_array_equal(auto_tflite, tflite)
+
+    def test_many_classes_take_the_chunked_sparse_filter(self):
+        # >= 32 classes run the sparse filter in column chunks (the kernel's
+        # vectorised path is slower); the chunks must add up to the whole.
+        from deeplab_keras.crf.permutohedral import _column_chunks
+
+        assert _column_chunks(37) == [19, 18] and _column_chunks(41) == [21, 20]
+        image, labels = make_scene(30, 40, 37, seed=5, num_shapes=12)
+        logits = coarse_logits(labels, 37, seed=6)
+        sparse = ours(image, logits, implementation="sparse", **V2)
+        portable = ours(image, logits, implementation="portable", **V2)
+        np.testing.assert_allclose(sparse, portable, atol=1e-4)
+
+    def test_portable_ops_rejects_an_unknown_target(self):
+        with pytest.raises(ValueError, match="onnx"):
+            with portable_ops("onnx"):
+                pass
 
 
 class TestFullyConnected:

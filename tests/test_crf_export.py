@@ -176,6 +176,35 @@ class TestCrfAlone:
         assert "SparseTensorDenseMatMul" not in library_ops
         assert "TensorScatterAdd" in _ops_run(serve, *map(tf.constant, sample))
 
+    def test_tflite_target_converts_to_one_scatter_per_splat(self, crf_alone, sample):
+        # portable_ops("tflite") (what export_tflite uses) splats with one
+        # SCATTER_ND; the plain graph's tensor_scatter_nd_add becomes
+        # GATHER_ND + ADD + SCATTER_ND (+ a masking SCATTER_ND). Same numbers.
+        serve, plain_model, _ = crf_alone
+
+        @tf.function(input_signature=serve.input_signature)
+        def serve_tflite(images, logits):
+            return dense_crf(images, logits)
+
+        with portable_ops("tflite"):
+            tflite_model = _tflite(serve_tflite)
+        image, logits = sample
+        feeds = {"images": image, "logits": logits}
+        got, ops = _run_tflite(tflite_model, feeds)
+        plain, _ = _run_tflite(plain_model, feeds)
+        np.testing.assert_allclose(got, plain, atol=1e-5)
+
+        def count(model, name):
+            from ai_edge_litert.interpreter import Interpreter
+
+            return sum(d["op_name"] == name for d in Interpreter(model_content=model)._get_ops_details())
+
+        counts = {name: (count(tflite_model, name), count(plain_model, name))
+                  for name in ("GATHER_ND", "ADD")}
+        assert counts["GATHER_ND"][0] == 0 < counts["GATHER_ND"][1], counts
+        # 1 normalisation filter + 10 iterations: one ADD fewer per splat.
+        assert counts["ADD"][0] <= counts["ADD"][1] - 11, counts
+
     def test_explicit_sparse_graph_refuses_tflite_loudly(self):
         # implementation="sparse" uses SparseTensorDenseMatMul, which has no
         # builtin: conversion must fail, not silently need Flex.

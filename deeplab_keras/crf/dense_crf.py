@@ -60,32 +60,45 @@ def _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
             raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={value!r}")
 
 
-_PORTABLE_DEPTH = threading.local()
+_PORTABLE = threading.local()  # .targets: the stack of open portable_ops() targets
+PORTABLE_TARGETS = ("any", "tflite")
 
 
 @contextlib.contextmanager
-def portable_ops():
+def portable_ops(target="any"):
     """Within this context, CRFs with implementation="auto" trace portable ops only.
 
-    Not needed for conversion any more (the default graph converts); it
+    Not needed for conversion (the default graph converts as traced); it
     leaves out the sparse form that "auto" adds beside the portable one, so
-    the graph is smaller and runs the portable form in TensorFlow too:
+    the graph is smaller, and with target="tflite" it traces the splat that
+    LiteRT runs fastest (`tf.scatter_nd`, which tf2onnx converts wrongly, so
+    use it for TFLite only):
 
-        with deeplab_keras.crf.portable_ops():
+        with deeplab_keras.crf.portable_ops("tflite"):
             concrete = tf.function(model).get_concrete_function(spec)
         converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+
+    Args:
+        target: "any" (TFLite and ONNX: the "portable" implementation) or
+            "tflite" (the "tflite" implementation).
     """
-    _PORTABLE_DEPTH.value = getattr(_PORTABLE_DEPTH, "value", 0) + 1
+    if target not in PORTABLE_TARGETS:
+        raise ValueError(f"`target` must be one of {PORTABLE_TARGETS}. Received: target={target!r}")
+    stack = _PORTABLE.__dict__.setdefault("targets", [])
+    stack.append(target)
     try:
         yield
     finally:
-        _PORTABLE_DEPTH.value -= 1
+        stack.pop()
 
 
 def _resolve_implementation(implementation):
-    """'sparse' or 'portable'; "auto" is "sparse" (eager) unless in portable_ops()."""
+    """One of IMPLEMENTATIONS; "auto" is "sparse" unless in portable_ops()."""
     if implementation == "auto":
-        return "portable" if getattr(_PORTABLE_DEPTH, "value", 0) > 0 else "sparse"
+        stack = getattr(_PORTABLE, "targets", None)
+        if not stack:
+            return "sparse"
+        return "tflite" if stack[-1] == "tflite" else "portable"
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"`implementation` must be 'auto' or one of {IMPLEMENTATIONS}. "
@@ -194,8 +207,9 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
             `portable_ops()` it is "portable". "sparse" applies the lattice
             with `tf.sparse.sparse_dense_matmul` (about 2x faster than the
             portable form in TensorFlow on CPU), which has no TFLite builtin
-            and no ONNX conversion; "portable" uses gather / scatter-add only.
-            All give the same numbers.
+            and no ONNX conversion; "portable" uses gather / scatter-add only;
+            "tflite" is "portable" with a splat (`tf.scatter_nd`) that LiteRT
+            runs faster and tf2onnx converts wrongly. All give the same numbers.
 
     Returns:
         float32 [B, H, W, C] marginals Q (sum to 1 over C); argmax gives labels.

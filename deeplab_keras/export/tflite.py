@@ -183,7 +183,7 @@ def convert_tflite(model, *, size=DEFAULT_SIZE, quantization="float32", crf=None
         )
     size = normalize_size(size)
     crf_layer = resolve_crf(crf)
-    with portable_tracing(crf_layer):
+    with portable_tracing(crf_layer, target="tflite"):
         concrete = frozen_function(fixed_size_function(model, size, crf_layer, include_probabilities))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module())
     # Builtins only: a graph needing Flex ops fails to convert instead of
