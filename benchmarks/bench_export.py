@@ -94,7 +94,13 @@ def main(argv=None):
                         width_multiplier=args.width_multiplier)
     print(f"{args.model}: {model.count_params():,} parameters, input {size}, "
           f"{args.threads} threads", flush=True)
-    image = np.random.default_rng(0).uniform(0, 255, (1, *size, 3)).astype(np.float32)
+    # A generated photo-like scene (colour regions, edges, sensor noise): the
+    # network's cost does not depend on the content, the CRF's does. Uniform
+    # noise, used before, is the lattice's worst case (almost every pixel's
+    # simplex is its own, about 6 lattice points per pixel) and no photo.
+    from deeplab_keras.crf.testing import make_scene
+
+    image = make_scene(*size, args.num_classes, seed=0, num_shapes=24)[0][None].astype(np.float32)
     calibration = None
     if "tflite_int8" in formats:
         calibration = representative_images(size, args.calibration_images,
@@ -192,7 +198,7 @@ def render(args, model, rows):
         f"- Median and min of {args.repeats} runs (CRF rows: {args.crf_repeats or args.repeats}) "
         "after a warm-up run; every row's graph includes pre-processing, bilinear upsampling "
         "to the input size and argmax.",
-        "- 'labels = TF': pixels whose label equals the TF float32 row's on the same random "
+        "- 'labels = TF': pixels whose label equals the TF float32 row's on the same generated "
         "image; with random weights the logits are near-ties, so this is a consistency check, "
         "not an accuracy figure (tests/test_export.py measures accuracy on a trained model).",
         "",

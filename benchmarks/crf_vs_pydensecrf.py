@@ -7,12 +7,17 @@ alternating, `--repeats` times each after one warm-up; the script prints the
 median wall times, their ratio (ours / pydensecrf), label agreement, mean
 absolute probability difference and the peak resident memory each adds.
 
-    python benchmarks/crf_vs_pydensecrf.py [--repeats 7] [--implementation sparse] [--tflite]
+    python benchmarks/crf_vs_pydensecrf.py [--repeats 7] [--implementation auto]
+        [--tflite] [--onnx] [--threads 2] [--device cpu|gpu]
 
 Wall time is what the goal is stated in; the CPU time (process time, all
 threads) is printed too because on a shared machine wall time mostly measures
-the other processes. `--tflite` also converts the portable graph at this size
-to TFLite (builtin ops) and times the LiteRT interpreter.
+the other processes. `--tflite` also converts the graph at this size to TFLite
+(builtin ops), both as traced plainly and as `export_tflite` traces it
+(`portable_ops("tflite")`), and times the LiteRT interpreter with `--threads`
+threads, each beside a fresh pydensecrf run; `--onnx` does the same for
+tf2onnx + ONNX Runtime. `--device gpu` runs ours on the first GPU (the graph
+is placed there whole; pydensecrf stays on the CPU) and fails if there is none.
 """
 
 import argparse
@@ -70,8 +75,11 @@ def main(argv=None):
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--implementation", default="sparse", choices=["sparse", "portable"])
+    parser.add_argument("--implementation", default="auto", choices=["auto", "sparse", "portable", "tflite"])
     parser.add_argument("--tflite", action="store_true", help="also time the converted TFLite graph")
+    parser.add_argument("--onnx", action="store_true", help="also time the tf2onnx graph in ONNX Runtime")
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT / ONNX Runtime threads")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1. Received: {args.repeats}")
@@ -86,8 +94,16 @@ def main(argv=None):
     def ours(images, logits):
         return dense_crf(images, logits, implementation=args.implementation, **SETTINGS)
 
+    if args.device == "gpu":
+        if not tf.config.list_physical_devices("GPU"):
+            parser.error("--device gpu: TensorFlow sees no GPU on this machine")
+        device = "/GPU:0"
+    else:
+        device = "/CPU:0"
+
     def run_ours():
-        return ours(images_t, logits_t).numpy()[0]
+        with tf.device(device):
+            return ours(images_t, logits_t).numpy()[0]
 
     def run_ref():
         return pydensecrf_inference(image, logits, **SETTINGS)
@@ -133,38 +149,84 @@ def main(argv=None):
           f"ours steady {mem_ours_steady.added / 2**20:.0f} MiB, pydensecrf {mem_ref.added / 2**20:.0f} MiB; "
           f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
     if args.tflite:
-        _time_tflite(args, image, logits, q_ours)
+        _time_tflite(args, image, logits, q_ours, run_ref, target=None)
+        _time_tflite(args, image, logits, q_ours, run_ref, target="tflite")
+    if args.onnx:
+        _time_onnx(args, image, logits, q_ours, run_ref)
 
 
-def _time_tflite(args, image, logits, q_tf):
+def _side_by_side(args, invoke, run_ref):
+    """Median times of `invoke` and pydensecrf, alternating."""
+    invoke()
+    ours, ref = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        invoke()
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run_ref()
+        ref.append(time.perf_counter() - t0)
+    return statistics.median(ours), statistics.median(ref)
+
+
+def _serving_function(args):
+    @tf.function(input_signature=[tf.TensorSpec([1, args.height, args.width, 3], tf.uint8, name="images"),
+                                  tf.TensorSpec([1, args.height, args.width, args.classes], tf.float32,
+                                                name="logits")])
+    def serve(images, logits):
+        return dense_crf(images, logits, **SETTINGS)
+    return serve
+
+
+def _time_tflite(args, image, logits, q_tf, run_ref, target):
+    """target None: traced plainly (what a user gets); "tflite": export_tflite's tracing."""
+    import contextlib
+
     from ai_edge_litert.interpreter import Interpreter
 
     from deeplab_keras.crf import portable_ops
 
-    @tf.function(input_signature=[tf.TensorSpec([1, args.height, args.width, 3], tf.uint8),
-                                  tf.TensorSpec([1, args.height, args.width, args.classes], tf.float32)])
-    def serve(images, logits):
-        return dense_crf(images, logits, **SETTINGS)
-
+    serve = _serving_function(args)
     t0 = time.perf_counter()
-    with portable_ops():
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], serve)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        model = converter.convert()
+    with portable_ops(target) if target else contextlib.nullcontext():
+        concrete = serve.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], serve)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    model = converter.convert()
     convert_s = time.perf_counter() - t0
-    interpreter = Interpreter(model_content=model)
+    interpreter = Interpreter(model_content=model, num_threads=args.threads)
     interpreter.allocate_tensors()
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], image[None] if detail["dtype"] == np.uint8 else logits[None])
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - t0)
+    med, ref = _side_by_side(args, interpreter.invoke, run_ref)
     q = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
-    print(f"tflite (portable graph, builtins only): convert {convert_s:.1f} s, {len(model) / 2**10:.0f} KiB, "
-          f"invoke median {statistics.median(times):.3f} s, label agreement with TF "
-          f"{np.mean(q.argmax(-1) == q_tf.argmax(-1)) * 100:.3f} %")
+    print(f"tflite ({'plain trace' if target is None else 'portable_ops(' + repr(target) + ')'}, builtins, "
+          f"{args.threads} threads): convert {convert_s:.1f} s, {len(model) / 2**10:.0f} KiB, "
+          f"invoke median {med:.3f} s vs pydensecrf {ref:.3f} s: ratio {med / ref:.2f}; "
+          f"label agreement with TF {np.mean(q.argmax(-1) == q_tf.argmax(-1)) * 100:.3f} %")
+
+
+def _time_onnx(args, image, logits, q_tf, run_ref):
+    import onnxruntime as ort
+    import tf2onnx
+
+    serve = _serving_function(args)
+    t0 = time.perf_counter()
+    model, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=17)
+    convert_s = time.perf_counter() - t0
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: (image[None] if "images" in i.name else logits[None]) for i in session.get_inputs()}
+    result = {}
+
+    def invoke():
+        result["q"] = session.run(None, feeds)[0][0]
+
+    med, ref = _side_by_side(args, invoke, run_ref)
+    print(f"onnx (plain trace, tf2onnx opset 17, onnxruntime {ort.__version__}, {args.threads} threads): "
+          f"convert {convert_s:.1f} s, run median {med:.3f} s vs pydensecrf {ref:.3f} s: ratio {med / ref:.2f}; "
+          f"label agreement with TF {np.mean(result['q'].argmax(-1) == q_tf.argmax(-1)) * 100:.3f} %")
 
 
 if __name__ == "__main__":

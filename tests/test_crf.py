@@ -149,6 +149,17 @@ class TestPydensecrfParity:
         np.testing.assert_array_equal(auto, portable)
         np.testing.assert_array_equal(auto_tflite, tflite)
 
+    def test_lattice_structures_agree(self, scene):
+        # The sparse form finds blur neighbours by binary search, the
+        # portable forms by tf.unique: the tables must be identical.
+        image = scene[0]
+        features = _bilateral_features(tf.constant(image[None], tf.float32), 67.0, 3.0)
+        sparse = build_lattice(features, implementation="sparse")
+        portable = build_lattice(features, implementation="portable")
+        assert int(sparse.num_points) == int(portable.num_points) > 1000
+        np.testing.assert_array_equal(sparse.neighbours.numpy(), portable.neighbours.numpy())
+        np.testing.assert_array_equal(sparse.offsets.numpy(), portable.offsets.numpy())
+
     def test_many_classes_take_the_chunked_sparse_filter(self):
         # >= 32 classes run the sparse filter in column chunks (the kernel's
         # vectorised path is slower); the chunks must add up to the whole.

@@ -31,7 +31,7 @@ The structure itself uses only ops that convert to TFLite builtins and ONNX:
 
 * lattice points are identified by an int64 mixed-radix hash of their integer
   coordinates and deduplicated with `tf.unique` (TFLite UNIQUE, ONNX Unique);
-* the blur neighbours are found with a second `tf.unique` over the lattice
+* the blur neighbours are found (portable forms) with a second `tf.unique` over the lattice
   keys followed by the neighbours' keys: `tf.unique` keeps the order of first
   occurrence (TF, TFLite and ONNX `sorted=0` all document this), so a neighbour
   exists iff its index is below the number of lattice points;
@@ -289,7 +289,10 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
     num_points = tf.shape(points)[0]
     offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
-    neighbours = _blur_neighbours(points, deltas, num_points, d)
+    if implementation == "sparse":
+        neighbours = _blur_neighbours_by_search(points, deltas, num_points, d)
+    else:
+        neighbours = _blur_neighbours(points, deltas, num_points, d)
     lattice = Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points,
                       summing_scatter=implementation == "tflite")
     if implementation == "sparse":
@@ -359,6 +362,26 @@ def _blur_neighbours(points, deltas, num_points, d):
     found = tf.stack([plus, minus], axis=-1)  # [d+1, M, 2]
     sentinel = tf.fill(tf.stack([d + 1, 1, 2]), num_points)
     return tf.concat([found, sentinel], axis=1)
+
+
+def _blur_neighbours_by_search(points, deltas, num_points, d):
+    """`_blur_neighbours` by binary search in the sorted keys (same table).
+
+    TensorFlow only (searchsorted has no TFLite builtin; the sparse form
+    never converts anyway): sorting the M keys and searching the 2(d+1)M
+    neighbour keys takes half the time of the second `tf.unique` (60 vs
+    124 ms at 375x500).
+    """
+    order = tf.argsort(points)
+    keys = tf.gather(points, order)
+    step = tf.stack(deltas)[:, None]  # [d+1, 1]
+    queries = tf.reshape(tf.concat([points[None] + step, points[None] - step], axis=0), [-1])
+    position = tf.minimum(tf.searchsorted(keys, queries, side="left"), tf.maximum(num_points - 1, 0))
+    found = tf.equal(tf.gather(keys, position), queries)
+    index = tf.where(found, tf.gather(order, position), num_points)
+    index = tf.reshape(index, tf.stack([2, d + 1, num_points]))
+    table = tf.stack([index[0], index[1]], axis=-1)  # [d+1, M, 2]: "+" and "-"
+    return tf.concat([table, tf.fill(tf.stack([d + 1, 1, 2]), num_points)], axis=1)
 
 
 def _splat_matrix(offsets, weights, num_points, d):
