@@ -99,7 +99,7 @@ def export_onnx(model, path, *, size=DEFAULT_SIZE, crf=None, include_probabiliti
 
     Graph input "images": float32 [1, H, W, 3] RGB 0-255 ([N, H, W, 3] with
     dynamic sizes when `size=None`). Outputs: "labels" int32 [1, H, W],
-    "logits" float32 [1, ceil(H/8), ceil(W/8), C] and, optionally,
+    "logits" float32 [1, h8, w8, C] and, optionally,
     "probabilities" float32 [1, H, W, C].
 
     Args:

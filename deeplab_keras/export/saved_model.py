@@ -156,7 +156,7 @@ def export_saved_model(model, export_dir, *, crf=None, version=None, overwrite=F
       serving_images(images: float32 [B, H, W, 3], RGB 0-255) -> {
           "labels": int32 [B, H, W], "probabilities" (optional)}
       serving_logits(images: float32 [B, H, W, 3], RGB 0-255) -> {
-          "logits": float32 [B, ceil(H/8), ceil(W/8), C]}
+          "logits": float32 [B, h8, w8, C]}
 
     Encoded images may be JPEG, PNG, GIF or BMP of any size up to
     `max_image_pixels`; grayscale is expanded to RGB and alpha is dropped.
@@ -169,7 +169,7 @@ def export_saved_model(model, export_dir, *, crf=None, version=None, overwrite=F
 
     Args:
       model: a DeepLab Keras model (`deeplab_keras.models.build_model`): input
-        preprocessed float32 [B, H, W, 3], output logits [B, H/8, W/8, C].
+        preprocessed float32 [B, H, W, 3], output logits [B, h8, w8, C].
       export_dir: the model base path, e.g. "savedmodels/vgg16_largefov".
       crf: None, True (DenseCRF with its defaults) or a
         `deeplab_keras.crf.DenseCRF` instance, run after the upsampling.

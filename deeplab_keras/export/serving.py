@@ -6,10 +6,14 @@ graph, so a SavedModel, a TFLite file and an ONNX file all take plain RGB images
 
   encoded bytes --decode--> RGB uint8 [H, W, 3]
                --preprocess--> Caffe BGR minus the ImageNet mean
-               --model--> logits [1, ceil(H/8), ceil(W/8), C]    (output stride 8)
+               --model--> logits [1, h8, w8, C]    (output stride 8)
                --bilinear resize--> logits [1, H, W, C]          (DeepLab inference)
                --optional dense CRF (mean field)--> probabilities [1, H, W, C]
                --argmax--> labels int32 [H, W]
+
+(h8, w8) = `deeplab_keras.models.logits_size(backbone, (H, W))`: Caffe's
+ceil-mode pooling arithmetic, ceil(H/8) only for H = 8k + 1 (375x500 gives
+48x64 for VGG16, 48x63 for ResNet-101).
 
 DeepLab v1 (Chen et al., ICLR 2015, §3.1) and v2 (TPAMI 2017, §3.1) upsample the
 stride-8 score map bilinearly to the image size and then run the fully connected
@@ -142,7 +146,7 @@ def model_logits(model, images):
       images: float32 [B, H, W, 3] preprocessed (Caffe BGR minus the mean).
 
     Returns:
-      float32 [B, ceil(H/8), ceil(W/8), C].
+      float32 [B, h8, w8, C].
     """
     out = model(images, training=False)
     if isinstance(out, dict):
@@ -299,7 +303,7 @@ class ServingModule(tf.Module):
       serve_images(images: float32 [B, H, W, 3] RGB 0-255) ->
           labels int32 [B, H, W], probabilities (optional).
       serve_logits(images: float32 [B, H, W, 3] RGB 0-255) ->
-          logits float32 [B, ceil(H/8), ceil(W/8), C] (raw model output).
+          logits float32 [B, h8, w8, C] (raw model output).
 
     Args:
       model: DeepLab Keras model.

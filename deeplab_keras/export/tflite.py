@@ -264,7 +264,7 @@ def export_tflite(model, path, *, size=DEFAULT_SIZE, quantization="float32", crf
 
     The TFLite signature "serving_default":
       images: float32 [1, H, W, 3] RGB 0-255
-      -> labels int32 [1, H, W], logits float32 [1, ceil(H/8), ceil(W/8), C]
+      -> labels int32 [1, H, W], logits float32 [1, h8, w8, C]
          (raw model output), probabilities float32 [1, H, W, C] (optional;
          the dense CRF output when `crf` is given).
 
