@@ -221,14 +221,17 @@ class ClassTable:
     def num_classes(self):
         return len(self.names)
 
-    def dense_color_lut(self):
-        """int16 [2**24]: packed colour -> class id / 255 / -1 (built once, 32 MB)."""
-        lut = getattr(self, "_dense", None)
-        if lut is None:
-            lut = np.full(1 << 24, _UNKNOWN, np.int16)
-            lut[self.color_keys] = self.color_ids
-            object.__setattr__(self, "_dense", lut)
-        return lut
+    def colors_to_ids(self, packed):
+        """int32 [...] packed colours r<<16|g<<8|b -> int16 [...] class id / 255 / -1.
+
+        A binary search in the sorted table, as `decode_label_tf` does in TF.
+        """
+        packed = np.asarray(packed, np.int32)
+        if self.color_keys.size == 0:
+            return np.full(packed.shape, _UNKNOWN, np.int16)
+        pos = np.minimum(np.searchsorted(self.color_keys, packed), self.color_keys.size - 1)
+        return np.where(self.color_keys[pos] == packed, self.color_ids[pos],
+                        _UNKNOWN).astype(np.int16)
 
 
 def _pack(rgb):
@@ -471,7 +474,7 @@ class Dataset:
         table = table or self.table
         kind, raw = self._raw(path)
         if kind == MaskKind.COLOUR:
-            ids = table.dense_color_lut()[raw]
+            ids = table.colors_to_ids(raw)
         else:
             ids = table.value_lut[raw]
         unknown = ids == _UNKNOWN
@@ -807,7 +810,7 @@ def detect_layout(root):
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"Data directory not found: {root}")
-    if (root / "class_dict.csv").is_file() and (root / "train").is_dir():
+    if (root / "class_dict.csv").is_file() and (root / "train_labels").is_dir():
         return "camvid"
     if (root / "SegmentationClass").is_dir():
         return "voc_export"
