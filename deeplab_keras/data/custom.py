@@ -1017,15 +1017,23 @@ def class_weights(report, method):
 
 
 def parse_class_weights(text):
-    """A `class_weights` config value: a method name or a comma-separated list."""
+    """A `class_weights` config value: a method name, or a list of numbers >= 0.
+
+    Raises:
+      ValueError: neither, naming the value.
+    """
     text = str(text).strip()
     if text.lower() in CLASS_WEIGHT_METHODS:
         return text.lower()
     try:
-        return [float(t) for t in text.replace(" ", "").split(",") if t]
+        values = [float(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
+        values = []
+    if not values or not all(0 <= v < float("inf") for v in values):
         raise ValueError(f"class_weights must be one of {CLASS_WEIGHT_METHODS} or a "
-                         f"comma-separated list of numbers. Received: {text!r}") from None
+                         f"comma-separated list of numbers >= 0. Received: "
+                         f"class_weights={text!r}")
+    return values
 
 
 def dominance_warning(report, split="train"):

@@ -1,0 +1,151 @@
+"""Training, evaluation and prediction on your own data (deeplab_keras.data.custom):
+class count from the dataset, class weights in the loss with 255 ignored exactly,
+the class-frequency report in the run directory, class names in the results."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from deeplab_keras.training import cli
+from deeplab_keras.training.losses import segmentation_cross_entropy
+
+H, W = 40, 48
+CAMVID = [("Sky", (128, 128, 128)), ("Road", (128, 64, 128)), ("Car", (64, 0, 128)),
+          ("Void", (0, 0, 0))]
+
+
+def _scene(seed):
+    """(image uint8 [H, W, 3], class-row ids [H, W]): the class shows in the image's
+    colour (learnable in a few steps); a Void stripe at the bottom."""
+    rng = np.random.default_rng(seed)
+    rows = np.zeros((H, W), np.int64)
+    rows[H // 3:] = 1
+    y, x = rng.integers(4, H // 2), rng.integers(0, W // 2)
+    rows[y:y + 14, x:x + 18] = 2
+    rows[-3:] = 3
+    palette = np.array([(70, 130, 230), (90, 90, 90), (230, 40, 40), (0, 0, 0)])
+    image = np.clip(palette[rows] + rng.normal(0, 12, (H, W, 3)), 0, 255).astype(np.uint8)
+    return image, rows
+
+
+def _camvid(root, n_train=6, n_val=2):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "class_dict.csv").write_text(
+        "name,r,g,b\n" + "".join(f"{n},{r},{g},{b}\n" for n, (r, g, b) in CAMVID))
+    colours = np.array([c for _, c in CAMVID], np.uint8)
+    k = 0
+    for split, n in (("train", n_train), ("val", n_val)):
+        for _ in range(n):
+            image, rows = _scene(k)
+            (root / split).mkdir(exist_ok=True)
+            (root / f"{split}_labels").mkdir(exist_ok=True)
+            Image.fromarray(image).save(root / split / f"Seq05VD_f{k:05d}.png")
+            Image.fromarray(colours[rows]).save(root / f"{split}_labels" / f"Seq05VD_f{k:05d}_L.png")
+            k += 1
+    return root
+
+
+def test_class_weights_in_the_loss_255_ignored_exactly():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (2, 8, 8)).astype(np.int32)
+    labels[:, :2] = 255
+    logits = tf.constant(rng.normal(size=(2, 8, 8, 3)).astype(np.float32))
+    w = np.array([0.5, 2.0, 1.5])
+    loss = segmentation_cross_entropy(labels, logits, class_weights=w)
+    logp = tf.nn.log_softmax(logits).numpy()
+    valid = labels != 255
+    safe = np.where(valid, labels, 0)
+    nll = -np.take_along_axis(logp, safe[..., None], -1)[..., 0]
+    want = (w[safe] * nll)[valid].sum() / valid.sum()
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+    # Ignored pixels: no contribution, no gradient, whatever their logits.
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = segmentation_cross_entropy(labels, logits, class_weights=w)
+    grad = tape.gradient(value, logits).numpy()
+    assert np.all(grad[:, :2] == 0) and np.abs(grad[:, 2:]).sum() > 0
+    moved = logits.numpy().copy()
+    moved[:, :2] += 100.0
+    np.testing.assert_allclose(float(segmentation_cross_entropy(labels, moved, class_weights=w)),
+                               want, rtol=1e-6)
+    # Unit weights are the unweighted loss.
+    np.testing.assert_allclose(
+        float(segmentation_cross_entropy(labels, logits, class_weights=[1, 1, 1])),
+        float(segmentation_cross_entropy(labels, logits)), rtol=1e-6)
+    with pytest.raises(ValueError, match="3 finite numbers >= 0"):
+        segmentation_cross_entropy(labels, logits, class_weights=[1, 2])
+
+
+def test_cli_errors_num_classes_and_class_weights(tmp_path, capsys):
+    data = _camvid(tmp_path / "camvid", n_train=2, n_val=1)
+    base = ["--data-dir", str(data), "--output-dir", str(tmp_path / "run"), "--steps", "1"]
+    # The builtin preset's own num_classes, given explicitly, is still checked.
+    from deeplab_keras.data import builtin
+    assert cli.main(base + ["--num-classes", str(builtin.NUM_CLASSES)]) == 2
+    err = capsys.readouterr().err
+    assert (f"--num-classes {builtin.NUM_CLASSES} does not match the dataset" in err
+            and "has 3 classes (Sky, Road, Car)" in err)
+    assert cli.main(base + ["--class-weights", "1,2"]) == 2
+    assert "class_weights lists 2 numbers but num_classes is" in capsys.readouterr().err
+    assert cli.main(base + ["--class-weights", "median"]) == 2
+    assert "inverse_frequency" in capsys.readouterr().err
+    assert cli.main(["--output-dir", str(tmp_path / "r2"), "--steps", "1",
+                     "--class-weights", "median_frequency", "--no-export", "--no-eval"]) == 2
+    assert "class_weights='median_frequency' is computed from" in capsys.readouterr().err
+
+
+def test_train_evaluate_predict_on_camvid_folder(tmp_path, capsys):
+    """One short run: num_classes from class_dict.csv, median-frequency weights,
+    the frequency table printed and saved, the loss falls, evaluation and
+    prediction use the class names."""
+    data = _camvid(tmp_path / "camvid")
+    run = tmp_path / "run"
+    rc = cli.main(["--data-dir", str(data), "--output-dir", str(run), "--steps", "40",
+                   "--batch-size", "4", "--class-weights", "median_frequency", "--no-export",
+                   "--set", "width_multiplier=0.0625", "--set", "crop_size=32",
+                   "--set", "steps_per_epoch=10", "--set", "checkpoint_every=40",
+                   "--set", "val_miou_images=0"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    from deeplab_keras.data import builtin
+    assert f"num_classes {builtin.NUM_CLASSES} -> 3 from the dataset" in out
+    assert "layout 'camvid', 3 classes" in out
+    assert "ignored (label 255): value 255, class 'Void'" in out
+    assert "class frequencies of the train split" in out and "weight" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_classes"] == 3 and config["class_weights"] == "median_frequency"
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["class_names"] == ["Sky", "Road", "Car"]
+    assert report["ignored_classes"] == ["Void"]
+    counts = [c["pixels"] for c in report["frequencies"]["classes"]]
+    want = np.zeros(3, np.int64)
+    for k in range(6):
+        rows = _scene(k)[1]
+        want += np.bincount(rows[rows < 3], minlength=3)
+    assert counts == want.tolist()
+    assert report["frequencies"]["ignored_pixels"] == 6 * 3 * W
+    assert "Sky" in (run / "class_frequencies.txt").read_text()
+    losses = [float(v) for v in
+              [line.split(",")[1] for line in
+               (run / "training_log.csv").read_text().splitlines()[1:]]]
+    assert losses[-1] < 0.8 * losses[0], losses
+    results = json.loads((run / "eval_results.json").read_text())
+    assert list(results["per_class_iou"]) == ["Sky", "Road", "Car"]
+    assert results["num_images"] == 2 and not results["failed"]
+
+    from deeplab_keras.evaluation import cli as eval_cli
+    assert eval_cli.main(["--run-dir", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert "Sky" in table and "Car" in table
+    assert list(json.loads((run / "eval_val.json").read_text())["per_class_iou"]) == [
+        "Sky", "Road", "Car"]
+
+    from deeplab_keras.predict import main as predict_main
+    assert predict_main([str(data / "val"), "-m", str(run / "model.keras"),
+                         "-o", str(tmp_path / "pred"), "-q"]) == 0
+    labels = sorted((tmp_path / "pred" / "labels").iterdir())
+    assert len(labels) == 2
+    assert set(np.unique(np.asarray(Image.open(labels[0])))) <= {0, 1, 2}
