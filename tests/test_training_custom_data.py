@@ -142,10 +142,21 @@ def test_train_evaluate_predict_on_camvid_folder(tmp_path, capsys):
     assert "Sky" in table and "Car" in table
     assert list(json.loads((run / "eval_val.json").read_text())["per_class_iou"]) == [
         "Sky", "Road", "Car"]
+    figure = Image.open(run / "eval_val_confusion.png")
+    assert figure.format == "PNG" and min(figure.size) > 100
+    sidecar = json.loads((run / "classes.json").read_text())
+    assert sidecar == {"class_names": ["Sky", "Road", "Car"],
+                       "class_colors": ["#808080", "#804080", "#400080"]}
 
     from deeplab_keras.predict import main as predict_main
     assert predict_main([str(data / "val"), "-m", str(run / "model.keras"),
                          "-o", str(tmp_path / "pred"), "-q"]) == 0
     labels = sorted((tmp_path / "pred" / "labels").iterdir())
     assert len(labels) == 2
-    assert set(np.unique(np.asarray(Image.open(labels[0])))) <= {0, 1, 2}
+    png = Image.open(labels[0])
+    assert set(np.unique(np.asarray(png))) <= {0, 1, 2}
+    # Coloured with the dataset's own table (class_dict.csv), not VOC's.
+    assert png.getpalette()[:9] == [v for _, c in CAMVID[:3] for v in c]
+    legend = np.asarray(Image.open(tmp_path / "pred" / "legend.png").convert("RGB"))
+    for _, colour in CAMVID[:3]:
+        assert (legend == colour).all(-1).sum() > 100

@@ -1068,6 +1068,47 @@ def parse_hex_colors(colors):
     return np.asarray(out, np.uint8).reshape(-1, 3)
 
 
+CLASSES_FILE = "classes.json"
+
+
+def write_classes_json(path, class_names, class_colors):
+    """The class sidecar of a trained model: `{"class_names": [...], "class_colors":
+    ["#rrggbb", ...]}`, written atomically (read back by `deeplab-predict`)."""
+    from deeplab_keras.training.atomic import atomic_write_text
+
+    import json
+
+    colors = np.asarray(class_colors, np.uint8).reshape(-1, 3)
+    if len(colors) != len(class_names):
+        raise ValueError(f"class_colors must have one colour per class ({len(class_names)}). "
+                         f"Received: {len(colors)} colours")
+    atomic_write_text(path, json.dumps({"class_names": list(class_names),
+                                        "class_colors": list(hex_colors(colors))},
+                                       indent=2) + "\n")
+    return Path(path)
+
+
+def read_classes_json(path):
+    """(class names tuple, uint8 [C, 3] colours) of a `write_classes_json` file.
+
+    Raises:
+      ValueError: not such a file (names it).
+    """
+    import json
+
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+        names = tuple(str(n) for n in info["class_names"])
+        colors = parse_hex_colors(info["class_colors"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a class sidecar (class_names, class_colors): "
+                         f"{e}") from None
+    if len(colors) != len(names):
+        raise ValueError(f"{path}: {len(names)} class names but {len(colors)} colours.")
+    return names, colors
+
+
 # ---------------------------------------------------------------------------
 # TensorFlow decoding (inside tf.data maps)
 

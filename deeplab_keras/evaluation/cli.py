@@ -1,5 +1,10 @@
 """`deeplab-evaluate` / `python -m deeplab_keras.evaluation`: mIoU of a trained model.
 
+Writes the results JSON (per-class IoU under the class names: VOC's, the
+built-in set's, or your own data's class table) and, next to it,
+`<json stem>_confusion.png`: the confusion matrix with rows normalised and the
+class names on the axes (needs matplotlib).
+
 The model comes from a run directory (`--run-dir runs/builtin`: its config.json
 and model.keras, or its newest checkpoint), a `.keras` file (`--model`), or a
 checkpoint file with the preset it was trained with (`--checkpoint` + `--preset`
@@ -187,6 +192,7 @@ def _main(args):
                             flip=args.flip, crf=crf, class_names=class_names, limit=args.limit,
                             tfds=tfds,
                             ignore_value=config.ignore_value if config else 255,
+                            ignore_classes=config.ignore_classes if config else None,
                             unknown_color=args.unknown_color
                             or (config.unknown_color if config else "error"),
                             tfds_data_dir=config.tfds_data_dir if config else None,
@@ -194,8 +200,26 @@ def _main(args):
     print(format_table(result))
     output = Path(args.output) if args.output else out_dir / f"eval_{split}.json"
     result.to_json(output)
-    print(f"mIoU {result.miou:.4f}; results written to {output}")
+    figure = _confusion_figure(result, output, split)
+    print(f"mIoU {result.miou:.4f}; results written to {output}"
+          + (f", confusion matrix {figure}" if figure else ""))
     return 0
+
+
+def _confusion_figure(result, output, split):
+    """`<output stem>_confusion.png` next to the JSON (None without matplotlib)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("[evaluate] matplotlib is not installed: no confusion-matrix figure "
+              "(pip install matplotlib).", flush=True)
+        return None
+    from deeplab_keras.viz import plot_confusion_matrix
+
+    path = output.with_name(output.stem + "_confusion.png")
+    plot_confusion_matrix(result.confusion, result.class_names, path=path,
+                          title=f"{split}: mIoU {result.miou:.4f} (rows normalised)")
+    return path
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def _crf_params(crf):
 def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), flip=False,
                    crf=None, class_names=None, limit=None, sbd_dir=None, tfds=False,
                    tfds_data_dir=None, tfds_manual_dir=None, verbose=True, pad_to=None,
-                   ignore_value=IGNORE_LABEL, unknown_color="error"):
+                   ignore_value=IGNORE_LABEL, unknown_color="error", ignore_classes=None):
     """Evaluate on a VOCdevkit split (files), your own data, or the TFDS builder's split.
 
     Args:
@@ -274,8 +274,8 @@ def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), 
       sbd_dir: for SBD-based splits.
       tfds, tfds_data_dir, tfds_manual_dir: read the TFDS builder instead.
       verbose: progress output.
-      ignore_value, unknown_color: mask options of your own data
-        (`custom.open_dataset`).
+      ignore_value, unknown_color, ignore_classes: mask options of your own
+        data (`custom.open_dataset`; None ignore_classes: its default).
 
     Returns:
       `EvalResult`.
@@ -297,8 +297,10 @@ def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), 
     if custom.source_kind(data_dir) == "voc":
         examples = voc.list_examples(str(data_dir), split, sbd_dir=sbd_dir)
     else:
-        dataset = custom.open_dataset(data_dir, ignore_value=ignore_value,
-                                      unknown_color=unknown_color)
+        dataset = custom.open_dataset(
+            data_dir, ignore_value=ignore_value, unknown_color=unknown_color,
+            ignore_classes=custom.DEFAULT_IGNORE_CLASSES if ignore_classes is None
+            else ignore_classes)
         if num_classes != dataset.num_classes:
             raise ValueError(
                 f"num_classes={num_classes} does not match the dataset at {dataset.root}, "

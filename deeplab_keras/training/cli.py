@@ -34,6 +34,7 @@ _FLAG_FIELDS = {
     "mixed_precision": "mixed_precision", "accumulate": "accumulate",
     "num_classes": "num_classes", "class_weights": "class_weights",
     "unknown_color": "unknown_color", "ignore_value": "ignore_value",
+    "ignore_classes": "ignore_classes",
 }
 
 
@@ -58,6 +59,9 @@ def build_parser():
     p.add_argument("--unknown-color", choices=("error", "ignore"),
                    help="your own data: mask colours/values not in the class table are an "
                         "error (default) or ignored (label 255)")
+    p.add_argument("--ignore-classes", metavar="NAME,...",
+                   help="your own data: class-table names whose pixels are ignored (label 255) "
+                        "instead of trained (default: void,unlabelled,unlabeled,ignore,__ignore__)")
     p.add_argument("--ignore-value", help="your own index masks: the pixel value meaning "
                                           "'ignore' (default 255; 'none': no value)")
     p.add_argument("--sbd-dir", help="SBD benchmark_RELEASE (or SegmentationClassAug) for train_aug")

@@ -66,6 +66,8 @@ class TrainConfig:
         (255), or None. VOCdevkit labels always use 255.
       unknown_color: "error" or "ignore": mask colours/values of your own data
         that are not in its class table.
+      ignore_classes: class-table names (case-insensitive) whose pixels are
+        ignored (label 255) instead of trained, e.g. void, unlabelled.
       class_weights: loss weights per class: "none", "inverse_frequency",
         "median_frequency" (from the training split's class-frequency table of
         your own data), or a comma-separated list of num_classes numbers.
@@ -132,6 +134,7 @@ class TrainConfig:
     sbd_dir: typing.Optional[str] = None
     ignore_value: typing.Optional[int] = 255
     unknown_color: str = "error"
+    ignore_classes: typing.Tuple[str, ...] = _custom.DEFAULT_IGNORE_CLASSES
     class_weights: str = "none"
     tfds: bool = False
     tfds_data_dir: typing.Optional[str] = None

@@ -127,7 +127,8 @@ def open_custom(config):
     if custom.source_kind(config.data_dir) == "voc":
         return None
     return custom.open_dataset(config.data_dir, ignore_value=config.ignore_value,
-                               unknown_color=config.unknown_color)
+                               unknown_color=config.unknown_color,
+                               ignore_classes=config.ignore_classes)
 
 
 def _custom_num_classes(config, dataset):
@@ -159,7 +160,9 @@ def check_data(config, run_dir=None):
     splits and the class-frequency table of the training split (decoding every
     training mask once, so unknown colours fail here with the file's name), warns
     when one class covers > 95 % of the labelled pixels, and writes the table to
-    `run_dir/class_frequencies.txt` and `run_dir/data_report.json`.
+    `run_dir/class_frequencies.txt` and `run_dir/data_report.json`; the class
+    names and colours go to `run_dir/classes.json` (the sidecar that
+    `deeplab-predict` colours its outputs with).
 
     Args:
       config: a resolved `TrainConfig` (`resolve_data`).
@@ -208,6 +211,9 @@ def check_data(config, run_dir=None):
                 "train_split": config.train_split, "warning": warning,
                 "frequencies": report.to_dict(None if method == "none" else weights)}
         atomic_write_text(Path(run_dir) / DATA_REPORT_JSON, json.dumps(info, indent=2) + "\n")
+        # Beside model.keras (and copied into exports): deeplab-predict colours with it.
+        custom.write_classes_json(Path(run_dir) / custom.CLASSES_FILE, dataset.class_names,
+                                  dataset.class_colors)
     return None if method == "none" else tuple(float(w) for w in weights)
 
 
@@ -241,7 +247,7 @@ def make_train_dataset(config, data_dir, seed, output_keys=None):
 
         ds = make_dataset(str(data_dir), config.train_split, sbd_dir=config.sbd_dir,
                           ignore_value=config.ignore_value, unknown_color=config.unknown_color,
-                          **common)
+                          ignore_classes=config.ignore_classes, **common)
     if output_keys:
         keys = tuple(output_keys)
         ds = ds.map(lambda images, labels: (images, {k: labels for k in keys}))
@@ -541,6 +547,7 @@ def _epoch_miou(config, base, data_dir, chief):
             base, data_dir, config.val_split, num_classes=config.num_classes,
             limit=config.val_miou_images, sbd_dir=config.sbd_dir, tfds=config.tfds,
             ignore_value=config.ignore_value, unknown_color=config.unknown_color,
+            ignore_classes=config.ignore_classes,
             tfds_data_dir=config.tfds_data_dir, tfds_manual_dir=config.tfds_manual_dir,
             verbose=False).miou
 
@@ -577,6 +584,7 @@ def run(config, *, devices=None, verbose="auto"):
                 scales=config.eval_scales, flip=config.eval_flip,
                 class_names=_class_names(config), tfds=config.tfds,
                 ignore_value=config.ignore_value, unknown_color=config.unknown_color,
+                ignore_classes=config.ignore_classes,
                 tfds_data_dir=config.tfds_data_dir, tfds_manual_dir=config.tfds_manual_dir)
             print(format_table(evaluation))
             evaluation.to_json(result.run_dir / "eval_results.json")
@@ -586,6 +594,11 @@ def run(config, *, devices=None, verbose="auto"):
 
             export_path = export_saved_model(result.model, Path(config.export_dir) / config.name)
             config.to_json(Path(export_path) / "train_config.json")
+            from deeplab_keras.data import custom
+
+            classes = result.run_dir / custom.CLASSES_FILE
+            if classes.is_file():
+                shutil.copyfile(classes, Path(export_path) / custom.CLASSES_FILE)
             print(f"SavedModel written to {export_path}", flush=True)
     return result, evaluation, export_path
 
