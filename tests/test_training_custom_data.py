@@ -107,7 +107,8 @@ def test_train_evaluate_predict_on_camvid_folder(tmp_path, capsys):
                    "--batch-size", "4", "--class-weights", "median_frequency", "--no-export",
                    "--set", "width_multiplier=0.0625", "--set", "crop_size=32",
                    "--set", "steps_per_epoch=10", "--set", "checkpoint_every=40",
-                   "--set", "val_miou_images=0"])
+                   "--set", "val_miou_images=0", "--image-summary-every", "20",
+                   "--set", "image_summary_images=2"])
     out = capsys.readouterr().out
     assert rc == 0, out
     from deeplab_keras.data import builtin
@@ -142,6 +143,7 @@ def test_train_evaluate_predict_on_camvid_folder(tmp_path, capsys):
     assert "Sky" in table and "Car" in table
     assert list(json.loads((run / "eval_val.json").read_text())["per_class_iou"]) == [
         "Sky", "Road", "Car"]
+    _check_image_summaries(run, data)
     figure = Image.open(run / "eval_val_confusion.png")
     assert figure.format == "PNG" and min(figure.size) > 100
     sidecar = json.loads((run / "classes.json").read_text())
@@ -160,3 +162,27 @@ def test_train_evaluate_predict_on_camvid_folder(tmp_path, capsys):
     legend = np.asarray(Image.open(tmp_path / "pred" / "legend.png").convert("RGB"))
     for _, colour in CAMVID[:3]:
         assert (legend == colour).all(-1).sum() > 100
+
+
+def _check_image_summaries(run, data):
+    """TensorBoard: 2 fixed val images at steps 20 and 40, each panel = image |
+    prediction | ground truth in the class_dict.csv colours."""
+    import io
+
+    events = list((run / "logs" / "images").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    seen = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        for value in event.summary.value:
+            seen.setdefault(value.tag, []).append(event.step)
+            png = value.tensor.string_val[2]
+            panel = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    names = sorted(p.stem for p in (data / "val").iterdir())
+    assert seen == {f"val_images/{n}": [20, 40] for n in names}
+    # The last panel read: the second val image at step 40.
+    image, rows = _scene(7)
+    colours = np.array([c for _, c in CAMVID[:3]] + [(0, 0, 0)] * 252 + [(224, 224, 192)],
+                       np.uint8)
+    assert panel.shape == (H, 3 * W, 3)
+    np.testing.assert_array_equal(panel[:, :W], image)
+    np.testing.assert_array_equal(panel[:, 2 * W:], colours[np.where(rows == 3, 255, rows)])

@@ -34,7 +34,7 @@ _FLAG_FIELDS = {
     "mixed_precision": "mixed_precision", "accumulate": "accumulate",
     "num_classes": "num_classes", "class_weights": "class_weights",
     "unknown_color": "unknown_color", "ignore_value": "ignore_value",
-    "ignore_classes": "ignore_classes",
+    "ignore_classes": "ignore_classes", "image_summary_every": "image_summary_every",
 }
 
 
@@ -83,6 +83,9 @@ def build_parser():
                         "update per batch (Caffe iter_size; batch_size stays the effective batch)")
     p.add_argument("--jit-compile", action="store_true",
                    help="compile the training step with XLA")
+    p.add_argument("--image-summary-every", metavar="N",
+                   help="TensorBoard images (val image | prediction | ground truth) every N "
+                        "steps (--set image_summary_images=K for K images; default off)")
     p.add_argument("--resume", choices=RESUME_MODES,
                    help="auto: continue from the newest checkpoint in the output dir if any "
                         "(default); require: fail without one; never: fail if one exists")

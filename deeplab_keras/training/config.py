@@ -98,6 +98,10 @@ class TrainConfig:
       steps_per_epoch: steps per Keras "epoch" (one progress bar, one CSV row).
       val_miou_images: after every epoch, the mIoU on the first N images of
         `val_split`, logged as `val_miou` (CSV log, TensorBoard); 0 = off.
+      image_summary_every: every N steps, TensorBoard image summaries of the
+        first `image_summary_images` val images (image | prediction | ground
+        truth) under `<run>/logs/images`; 0 = off.
+      image_summary_images: how many val images those summaries show.
       resume: "auto" (continue from the latest checkpoint if there is one),
         "require" (fail without one) or "never" (fail if one exists).
       multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG instead of
@@ -163,6 +167,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     steps_per_epoch: int = 100
     val_miou_images: int = 0
+    image_summary_every: int = 0
+    image_summary_images: int = 3
     resume: str = "auto"
     multi_worker: bool = False
     mixed_precision: typing.Optional[str] = None
@@ -259,6 +265,10 @@ def validate(cfg):
         raise ValueError(f"resume must be one of {RESUME_MODES}. Received: resume={cfg.resume!r}")
     if cfg.seed < 0:
         raise ValueError(f"seed must be >= 0. Received: seed={cfg.seed}")
+    if cfg.image_summary_every < 0 or cfg.image_summary_images < 1:
+        raise ValueError("image_summary_every must be >= 0 (0 = off) and image_summary_images "
+                         f">= 1. Received: image_summary_every={cfg.image_summary_every}, "
+                         f"image_summary_images={cfg.image_summary_images}")
     if cfg.val_miou_images < 0:
         raise ValueError("val_miou_images must be >= 0 (0 = off). "
                          f"Received: val_miou_images={cfg.val_miou_images}")

@@ -468,6 +468,7 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
             checkpoints,
             cb.LearningRateLogger(),
             *_epoch_miou(config, base, data_dir, chief),
+            *_image_summaries(config, base, data_dir, log_dir, chief),
             keras.callbacks.CSVLogger(str(log_dir / "training_log.csv"), append=start_step > 0),
             *_tensorboard(log_dir / "logs"),
             *extra_callbacks,
@@ -552,6 +553,31 @@ def _epoch_miou(config, base, data_dir, chief):
             verbose=False).miou
 
     return [cb.EpochMeanIoU(evaluate)]
+
+
+def _image_summaries(config, base, data_dir, log_dir, chief):
+    """`ImageSummaries` of the first `image_summary_images` val images (files only)."""
+    if not (config.image_summary_every and chief):
+        return []
+    if config.tfds:
+        print("[train] image summaries read files: not available with tfds.", flush=True)
+        return []
+    from deeplab_keras.data import decode, voc
+    from deeplab_keras.palette import VOC_PALETTE
+
+    palette = VOC_PALETTE.copy()
+    dataset = open_custom(config)
+    if dataset is not None:
+        examples = dataset.examples(config.val_split)
+        read_label = dataset.read_label
+        palette[:dataset.num_classes] = dataset.class_colors
+    else:
+        examples = voc.list_examples(str(data_dir), config.val_split, sbd_dir=config.sbd_dir)
+        read_label = decode.read_label
+    fixed = [(ex.name, decode.read_image(ex.image_path), read_label(ex.label_path))
+             for ex in examples[:config.image_summary_images]]
+    return [cb.ImageSummaries(base, fixed, Path(log_dir) / "logs" / "images",
+                              config.image_summary_every, palette)]
 
 
 def _tensorboard(log_dir):
