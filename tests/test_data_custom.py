@@ -319,6 +319,10 @@ def test_empty_folders(tmp_path):
     (tmp_path / "masks").mkdir()
     with pytest.raises(DataError, match=r"No images found in .*images"):
         make_dataset(tmp_path, "train", training=True, batch_size=1)
+    (tmp_path / "masks").rmdir()
+    _save_image(tmp_path / "images" / "a.jpg", 0, "JPEG")
+    with pytest.raises(DataError, match=r"has no mask folder .*masks"):
+        custom.open_dataset(tmp_path)
 
 
 def test_class_table_with_duplicate_colour(tmp_path):

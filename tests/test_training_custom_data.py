@@ -89,7 +89,16 @@ def test_cli_errors_num_classes_and_class_weights(tmp_path, capsys):
     assert (f"--num-classes {builtin.NUM_CLASSES} does not match the dataset" in err
             and "has 3 classes (Sky, Road, Car)" in err)
     assert cli.main(base + ["--class-weights", "1,2"]) == 2
-    assert "class_weights lists 2 numbers but num_classes is" in capsys.readouterr().err
+    assert ("class_weights must be 3 finite numbers >= 0 (one per class: Sky, Road, Car)"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "run" / "config.json").exists()
+    # A list of the dataset's length goes to the loss as it is.
+    from deeplab_keras.training.trainer import check_data, resolve_data
+    config = cli.resolve_config(cli.build_parser().parse_args(base + ["--class-weights",
+                                                                       "1,2,0.5"]))
+    config, _ = resolve_data(config)
+    assert config.num_classes == 3
+    assert check_data(config) == (1.0, 2.0, 0.5)
     assert cli.main(base + ["--class-weights", "median"]) == 2
     assert "inverse_frequency" in capsys.readouterr().err
     assert cli.main(["--output-dir", str(tmp_path / "r2"), "--steps", "1",

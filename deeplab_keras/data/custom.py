@@ -522,8 +522,17 @@ class Dataset:
         return np.stack([_CACHE[k] for k in keys])
 
     def _infer_table(self):
-        """Index masks without a table: scan every mask's values."""
+        """Index masks without a table: scan every mask's values (once per process
+        for the same files and ignore value)."""
         examples = self.all_examples()
+        key = (self.ignore_value, tuple(
+            (ex.label_path, os.stat(ex.label_path).st_size, os.stat(ex.label_path).st_mtime_ns)
+            for ex in examples))
+        if key not in _INFERRED:
+            _INFERRED[key] = self._scan_table(examples)
+        return _INFERRED[key]
+
+    def _scan_table(self, examples):
         provisional = identity_table(255, self.ignore_value)
         counts = np.zeros(256, np.int64)
         palette = None
@@ -573,6 +582,7 @@ class Dataset:
 
 
 _CACHE = {}
+_INFERRED = {}
 
 
 # ---------------------------------------------------------------------------
@@ -714,6 +724,9 @@ def _list_folders(root):
     idir, mdir = root / "images", root / "masks"
     images = _images_in(idir)
     _require_images(images, idir)
+    if not mdir.is_dir():
+        raise DataError(f"{idir} has no mask folder {mdir} (masks/ beside images/, same "
+                        "file stems).")
     pairs = _pair(images, _masks_in(mdir), idir, mdir)
     lists = {s: root / f"{s}.txt" for s in ("train", "val", "test") if (root / f"{s}.txt").is_file()}
     if lists:

@@ -285,10 +285,9 @@ def validate(cfg):
     if cfg.unknown_color not in _custom.UNKNOWN_COLOR_MODES:
         raise ValueError(f"unknown_color must be one of {_custom.UNKNOWN_COLOR_MODES}. "
                          f"Received: unknown_color={cfg.unknown_color!r}")
-    weights = _custom.parse_class_weights(cfg.class_weights)
-    if not isinstance(weights, str) and len(weights) != cfg.num_classes:
-        raise ValueError(f"class_weights lists {len(weights)} numbers but num_classes is "
-                         f"{cfg.num_classes}. Received: class_weights={cfg.class_weights!r}")
+    # The length of a list is checked against the resolved num_classes (your own
+    # data's count is known only once its folder is read): trainer.check_data.
+    _custom.parse_class_weights(cfg.class_weights)
     if cfg.tfds and cfg.data_dir:
         raise ValueError("Give either data_dir (VOCdevkit files) or tfds=true, not both. "
                          f"Received: data_dir={cfg.data_dir!r}, tfds=True")

@@ -105,6 +105,9 @@ def resolve_data(config):
             config = _custom_num_classes(config, dataset)
             if config.train_split == "train_aug":
                 config = dataclasses.replace(config, train_split="train")
+            dataset.examples(config.train_split)  # a missing split fails before training
+            if config.evaluate or config.val_miou_images or config.image_summary_every:
+                dataset.examples(config.val_split)
         return config, Path(config.data_dir)
     from deeplab_keras.data import builtin
 
@@ -187,7 +190,13 @@ def check_data(config, run_dir=None):
                 "own data (data_dir in an images/+masks/, VOC-like export or CamVid layout); "
                 f"for this data source give {config.num_classes} numbers instead. Received: "
                 f"class_weights={config.class_weights!r}")
-        return None if method == "none" else tuple(method)
+        if isinstance(method, str):
+            return None
+        if len(method) != config.num_classes:
+            raise ValueError(f"class_weights lists {len(method)} numbers but num_classes is "
+                             f"{config.num_classes}. Received: "
+                             f"class_weights={config.class_weights!r}")
+        return tuple(method)
     print(dataset.describe(), flush=True)
     report = custom.frequency_report(dataset, config.train_split)
     weights = custom.class_weights(report, method)
@@ -427,10 +436,10 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
     config, data_dir = resolve_data(config)
     if latest:
         check_resumable(config, run_dir)
-    if chief:
-        config.to_json(run_dir / CONFIG_FILE)
     # The checks before training (your own data: classes, frequencies, warning).
     class_weights = check_data(config, run_dir if chief else None)
+    if chief:
+        config.to_json(run_dir / CONFIG_FILE)
     keras.utils.set_random_seed(config.seed)
 
     # 3. Model, schedule, optimizer, loss.
