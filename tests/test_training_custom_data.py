@@ -195,3 +195,70 @@ def _check_image_summaries(run, data):
     assert panel.shape == (H, 3 * W, 3)
     np.testing.assert_array_equal(panel[:, :W], image)
     np.testing.assert_array_equal(panel[:, 2 * W:], colours[np.where(rows == 3, 255, rows)])
+
+
+def _folders(root, n_train=6, n_val=2):
+    """images/*.jpg + masks/*.png (index values, 255 = ignore) + classes.txt + lists."""
+    names = []
+    for k in range(n_train + n_val):
+        image, rows = _scene(k)
+        for d in ("images", "masks"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "images" / f"pic{k}.jpg", quality=95)
+        Image.fromarray(np.where(rows == 3, 255, rows).astype(np.uint8), "L").save(
+            root / "masks" / f"pic{k}.png")
+        names.append(f"pic{k}")
+    (root / "classes.txt").write_text("sky\nroad\ncar\n")
+    (root / "train.txt").write_text("\n".join(names[:n_train]) + "\n")
+    (root / "val.txt").write_text("\n".join(names[n_train:]) + "\n")
+    return root
+
+
+def _cvat(root, n_train=6, n_val=2):
+    """CVAT 'Segmentation mask 1.1' with an 'ignore' class in labelmap.txt."""
+    table = [("sky", (0, 0, 0)), ("road", (61, 245, 61)), ("car", (250, 50, 83)),
+             ("ignore", (255, 255, 255))]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labelmap.txt").write_text(
+        "# label:color_rgb:parts:actions\n"
+        + "".join(f"{n}:{r},{g},{b}::\n" for n, (r, g, b) in table))
+    colours = np.array([c for _, c in table], np.uint8)
+    names = []
+    for k in range(n_train + n_val):
+        image, rows = _scene(k)
+        for d in ("JPEGImages", "SegmentationClass"):
+            (root / d).mkdir(exist_ok=True)
+        Image.fromarray(image).save(root / "JPEGImages" / f"frame_{k:06d}.jpg", quality=95)
+        Image.fromarray(colours[rows]).save(root / "SegmentationClass" / f"frame_{k:06d}.png")
+        names.append(f"frame_{k:06d}")
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("\n".join(names[:n_train]) + "\n")
+    (sets / "val.txt").write_text("\n".join(names[n_train:]) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("layout", ["folders", "voc_export"])
+def test_short_run_learns_on_the_other_layouts(tmp_path, layout, capsys):
+    """The two layouts the CamVid run above does not cover: num_classes from the
+    table, the loss falls, evaluation reports the table's class names."""
+    from deeplab_keras.evaluation import evaluate_split
+    from deeplab_keras.training import apply_overrides, get_preset
+    from deeplab_keras.training.trainer import resolve_data, train
+
+    data = (_folders if layout == "folders" else _cvat)(tmp_path / "data")
+    config = apply_overrides(get_preset("builtin"), dict(
+        data_dir=str(data), output_dir=str(tmp_path / "run"), width_multiplier=0.0625,
+        crop_size=32, batch_size=4, steps=30, steps_per_epoch=10, checkpoint_every=30,
+        val_miou_images=0, export_dir=None, class_weights="inverse_frequency"))
+    result = train(config, verbose=0)
+    assert result.config.num_classes == 3
+    losses = result.history["loss"]
+    assert losses[-1] < 0.8 * losses[0], losses
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["layout"] == layout and report["class_names"] == ["sky", "road", "car"]
+    assert f"layout '{layout}', 3 classes" in capsys.readouterr().out
+    _, data_dir = resolve_data(result.config)
+    ev = evaluate_split(result.model, data_dir, "val", num_classes=3, verbose=False)
+    assert ev.class_names == ["sky", "road", "car"] and ev.num_images == 2
+    assert int(ev.confusion.sum()) == 2 * (H - 3) * W  # the 'ignore' / 255 rows excluded
