@@ -355,3 +355,56 @@ def test_rgb_masks_without_table_and_jpeg_masks(tmp_path):
     Image.fromarray(_ids(0, 2) * 255).save(tmp_path / "masks" / "a.jpg", quality=95)
     with pytest.raises(DataError, match=r"a\.jpg is not a PNG"):
         custom.open_dataset(tmp_path)
+
+
+def test_roboflow_semantic_segmentation_masks(tmp_path):
+    """Roboflow 'Semantic Segmentation Masks': train/ valid/ with <stem>_mask.png
+    beside each image and _classes.csv (Pixel Value, Class)."""
+    want = {}
+    for split, seeds in (("train", (0, 1)), ("valid", (2,))):
+        d = tmp_path / split
+        d.mkdir()
+        (d / "_classes.csv").write_text("Pixel Value, Class\n0, background\n1, crack\n")
+        for s in seeds:
+            stem = f"img{s}_jpg.rf.{s:032x}"
+            _save_image(d / f"{stem}.jpg", s, "JPEG")
+            Image.fromarray(_ids(s, 2), "L").save(d / f"{stem}_mask.png")
+            want[stem] = _ids(s, 2)
+    ds = custom.open_dataset(tmp_path)
+    assert ds.layout == "roboflow" and ds.class_names == ("background", "crack")
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 2, "val": 1}
+    got = {**_labels(tmp_path, "train"), **_labels(tmp_path, "val")}
+    assert sorted(got) == sorted(want)
+    for name, lab in got.items():
+        np.testing.assert_array_equal(lab, want[name])
+
+
+def test_palette_index_masks_without_table_take_the_palette_colours(tmp_path):
+    palette = [(0, 0, 0), (10, 200, 30), (250, 120, 0)]
+    for i in range(3):
+        _save_image(tmp_path / "images" / f"p{i}.png", i, "PNG")
+        im = Image.fromarray(_ids(i, 3, ignore=255), "P")
+        im.putpalette([v for c in palette for v in c] + [0] * (3 * 252) + [255, 255, 255])
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        im.save(tmp_path / "masks" / f"p{i}.png")
+    (tmp_path / "train.txt").write_text("p0\np1\np2\n")
+    ds = custom.open_dataset(tmp_path)
+    assert ds.num_classes == 3
+    np.testing.assert_array_equal(ds.class_colors, palette)
+    got = _labels(tmp_path, "train")
+    for i in range(3):
+        np.testing.assert_array_equal(got[f"p{i}"], _ids(i, 3, ignore=255))
+
+
+def test_on_error_skip_and_validate_full(tmp_path):
+    _folders(tmp_path, n=6)
+    Image.fromarray(np.zeros((H, W + 1), np.uint8), "L").save(tmp_path / "masks" / "img_001.png")
+    ds = make_dataset(tmp_path, "train", training=False, batch_size=1, on_error="skip",
+                      return_names=True)
+    assert sorted(n.numpy()[0].decode() for _, _, n in ds) == ["img_000", "img_002", "img_003"]
+    # validate="full" decodes every mask up front: a value not in the table fails at
+    # build time (without a table, 7 would make it an 8-class dataset).
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    Image.fromarray(np.full((H, W), 7, np.uint8), "L").save(tmp_path / "masks" / "img_001.png")
+    with pytest.raises(DataError, match=r"img_001\.png has 768 pixels whose value is not in"):
+        make_dataset(tmp_path, "train", training=False, batch_size=1, validate="full")
