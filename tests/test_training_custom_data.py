@@ -262,3 +262,23 @@ def test_short_run_learns_on_the_other_layouts(tmp_path, layout, capsys):
     ev = evaluate_split(result.model, data_dir, "val", num_classes=3, verbose=False)
     assert ev.class_names == ["sky", "road", "car"] and ev.num_images == 2
     assert int(ev.confusion.sum()) == 2 * (H - 3) * W  # the 'ignore' / 255 rows excluded
+
+
+def test_export_copies_the_class_sidecar(tmp_path):
+    from deeplab_keras.export.cli import copy_class_sidecar
+    from deeplab_keras.predict import find_class_sidecar
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "classes.json").write_text('{"class_names": ["a", "b"], '
+                                      '"class_colors": ["#000000", "#ff0000"]}')
+    saved = tmp_path / "out" / "m" / "1"
+    tfl = tmp_path / "out" / "m" / "tflite"
+    saved.mkdir(parents=True)
+    tfl.mkdir()
+    written = {"saved_model": saved, "tflite_float32": tfl / "m_33x33_float32.tflite"}
+    assert copy_class_sidecar(run / "model.keras", written) == [saved / "classes.json",
+                                                                 tfl / "classes.json"]
+    assert find_class_sidecar(tfl / "m_33x33_float32.tflite") == tfl / "classes.json"
+    assert find_class_sidecar(saved) == saved / "classes.json"
+    assert copy_class_sidecar("vgg16_largefov", written) == []
