@@ -123,7 +123,7 @@ def test_train_evaluate_predict_on_camvid_folder(tmp_path, capsys):
     from deeplab_keras.data import builtin
     assert f"num_classes {builtin.NUM_CLASSES} -> 3 from the dataset" in out
     assert "layout 'camvid', 3 classes" in out
-    assert "ignored (label 255): value 255, class 'Void'" in out
+    assert "ignored (label 255): value 255 (index masks), class 'Void'" in out
     assert "class frequencies of the train split" in out and "weight" in out
     config = json.loads((run / "config.json").read_text())
     assert config["num_classes"] == 3 and config["class_weights"] == "median_frequency"

@@ -571,7 +571,8 @@ class Dataset:
         lines = [f"[data] {self.root}: layout {self.layout!r}, {t.num_classes} classes "
                  f"from {t.source or 'the mask values (no class table)'}"]
         lines.append("[data] classes: " + ", ".join(f"{i}={n}" for i, n in enumerate(t.names)))
-        ignore = [f"value {self.ignore_value}"] if self.ignore_value is not None else []
+        ignore = ([f"value {self.ignore_value} (index masks)"] if self.ignore_value is not None
+                  else [])
         ignore += [f"class {n!r}" for n in t.ignored]
         if self.unknown_color == "ignore":
             ignore.append("colours/values not in the table")

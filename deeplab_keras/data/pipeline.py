@@ -9,8 +9,10 @@ mean). Evaluation: the whole image, never cropped, batch 1, or padded
 bottom/right to `eval_pad_to` (label 255) so that images batch together.
 
 Every source goes through the same code: the raw VOCdevkit/SBD reader
-(`make_dataset`), the TFDS builder (`make_tfds_dataset`) and the built-in
-dataset (a VOCdevkit on disk).
+(`make_dataset`), the TFDS builder (`make_tfds_dataset`), the built-in
+dataset (a VOCdevkit on disk) and your own folders (`make_dataset` on a layout
+of `deeplab_keras.data.custom`, via `make_custom_dataset`: only the mask
+decoding differs, through the dataset's class table).
 
 Determinism: with `seed` set, the shuffle order and every augmentation draw
 come from that seed (stateless random ops fed by `tf.data.Dataset.random`),
