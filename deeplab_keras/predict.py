@@ -16,6 +16,13 @@ and writes, for every image `<stem>.<ext>`:
   VOC's SegmentationClass files);
 - `OUTPUT/overlays/<stem>.jpg`: the class colours blended onto the image.
 
+A model trained on your own data has a class sidecar `classes.json` (names and
+colours of the dataset's class table, `deeplab_keras.data.custom`) beside it
+(`runs/<name>/classes.json` next to `model.keras`, or in the SavedModel
+directory); the label PNGs and overlays then use the dataset's colours (every
+class coloured in the overlays) and `OUTPUT/legend.png` shows them with the class
+names. Without one: the VOC colour map, background left uncoloured.
+
 Image handling (documented behaviour, tested in tests/reliability/test_predict.py):
 
 - grayscale, palette, RGBA / LA (alpha ignored, as `tf.io.decode_png(channels=3)`
@@ -673,6 +680,35 @@ def _save_jpeg(rgb, path, quality=90):
     return path
 
 
+def find_class_sidecar(model_path, predictor=None):
+    """The `classes.json` that belongs to a model, or None.
+
+    Looked up beside a `.keras` / `.tflite` file, and in a SavedModel directory
+    (the version directory, then the folder given).
+    """
+    from deeplab_keras.data.custom import CLASSES_FILE
+
+    path = Path(model_path)
+    places = [path / CLASSES_FILE] if path.is_dir() else [path.parent / CLASSES_FILE]
+    if predictor is not None and Path(predictor.path).is_dir():
+        places.insert(0, Path(predictor.path) / CLASSES_FILE)
+    return next((p for p in places if p.is_file()), None)
+
+
+def _sidecar_palette(classes_path, predictor):
+    """uint8 [256, 3]: the sidecar's colours for ids 0..C-1, VOC's beyond (255 = ignore)."""
+    from deeplab_keras.data.custom import read_classes_json
+    from deeplab_keras.palette import VOC_PALETTE
+
+    names, colors = read_classes_json(classes_path)
+    if len(names) != predictor.num_classes:
+        raise ValueError(f"{classes_path} lists {len(names)} classes but the model "
+                         f"{predictor.path} outputs {predictor.num_classes}.")
+    palette = VOC_PALETTE.copy()
+    palette[:len(colors)] = colors
+    return palette
+
+
 def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None,
                   overlays=True, alpha=0.5, max_side=DEFAULT_MAX_SIDE,
                   max_pixels=DEFAULT_MAX_PIXELS, exif_transpose=True, verbose=True):
@@ -729,6 +765,10 @@ def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None
 
     from deeplab_keras import viz
 
+    palette, transparent = None, (0,)
+    classes = find_class_sidecar(model_path, predictor)
+    if classes is not None:
+        palette, transparent = _sidecar_palette(classes, predictor), ()
     progbar = None
     if verbose:
         import keras
@@ -745,11 +785,14 @@ def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None
             if labels.shape != orig_hw:
                 full = np.asarray(Image.fromarray(labels).resize(
                     (orig_hw[1], orig_hw[0]), Image.NEAREST))
-            label_path = viz.save_label_png(full, output_dir / "labels" / f"{stem}.png")
+            label_path = viz.save_label_png(full, output_dir / "labels" / f"{stem}.png",
+                                            palette=palette)
             overlay_path = None
             if overlays:
-                overlay_path = _save_jpeg(viz.overlay(image, labels, alpha=alpha),
-                                          output_dir / "overlays" / f"{stem}.jpg")
+                overlay_path = _save_jpeg(
+                    viz.overlay(image, labels, alpha=alpha, palette=palette,
+                                transparent_labels=transparent),
+                    output_dir / "overlays" / f"{stem}.jpg")
             written.append((src, label_path, overlay_path))
         except (ImageReadError, OSError, tf.errors.ResourceExhaustedError) as e:
             # One bad file must not cost the others; the summary names it.
@@ -765,6 +808,13 @@ def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None
                 print(f"\nskipped {src}: {reason}", file=sys.stderr)
         if progbar is not None:
             progbar.update(i + 1)
+    if classes is not None:
+        from deeplab_keras.data.custom import read_classes_json
+
+        legend = output_dir / "legend.png"
+        with viz.atomic_path(legend) as tmp:
+            Image.fromarray(viz.legend_image(read_classes_json(classes)[0], palette)).save(
+                tmp, format="PNG")
     summary = PredictSummary(written, failed)
     if verbose:
         print(summary)

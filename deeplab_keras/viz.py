@@ -43,6 +43,8 @@ __all__ = [
     "label_grid",
     "read_training_log",
     "plot_training_curves",
+    "legend_image",
+    "plot_confusion_matrix",
     "save_figure",
     "atomic_path",
 ]
@@ -212,9 +214,81 @@ def save_label_png(labels, path, palette=None):
     return path
 
 
+def legend_image(class_names, palette=None, *, swatch=20):
+    """A legend: one row per class, its colour swatch and "id name" (PIL only).
+
+    Args:
+      class_names: C names; class i is drawn in `palette[i]`.
+      palette: optional [N >= C, 3] colours (default: VOC).
+      swatch: swatch size in pixels.
+
+    Returns:
+      uint8 [C * (swatch + 4) + 4, W, 3] RGB on white.
+    """
+    from PIL import Image, ImageDraw
+
+    names = [str(n) for n in class_names]
+    if not names:
+        raise ValueError("class_names must not be empty. Received: []")
+    colours = _as_palette(palette)
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    texts = [f"{i:>3} {n}" for i, n in enumerate(names)]
+    text_w = max(int(draw_probe.textlength(t)) for t in texts)
+    row = swatch + 4
+    im = Image.new("RGB", (swatch + 16 + text_w, row * len(names) + 4), "white")
+    draw = ImageDraw.Draw(im)
+    for i, text in enumerate(texts):
+        y = 4 + i * row
+        draw.rectangle([4, y, 4 + swatch - 1, y + swatch - 1],
+                       fill=tuple(int(v) for v in colours[i]), outline=(0, 0, 0))
+        draw.text((swatch + 10, y + swatch // 2 - 5), text, fill=(0, 0, 0))
+    return np.asarray(im)
+
+
 # --------------------------------------------------------------------------- #
 # Figures (matplotlib, imported lazily)
 # --------------------------------------------------------------------------- #
+
+def plot_confusion_matrix(confusion, class_names, *, path=None, title=None):
+    """The confusion matrix with each row normalised to 1 (recall per class).
+
+    Args:
+      confusion: int [C, C], rows ground truth, columns prediction (as
+        `EvalResult.confusion`).
+      class_names: C names for both axes.
+      path: if given, the figure is saved there (PNG by suffix), atomically.
+      title: figure title.
+
+    Returns:
+      The matplotlib `Figure`. A row without ground-truth pixels is all 0.
+    """
+    cm = np.asarray(confusion, np.float64)
+    names = [str(n) for n in class_names]
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(names):
+        raise ValueError(f"confusion must be [C, C] with C = len(class_names) = {len(names)}. "
+                         f"Received: shape={cm.shape}")
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    c = len(names)
+    side = max(4.0, 0.45 * c + 2.5)
+    fig = _new_figure((side + 1.0, side))
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap="Blues")
+    ax.set_xticks(range(c), names, rotation=90)
+    ax.set_yticks(range(c), names)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    if c <= 30:
+        for i in range(c):
+            for j in range(c):
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row")
+    ax.set_title(title or "confusion matrix (rows normalised)")
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
 
 def _new_figure(figsize):
     try:

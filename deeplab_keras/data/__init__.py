@@ -5,6 +5,7 @@
   decode         image / label decoding and validation.
   pipeline       `make_dataset` / `make_tfds_dataset`: augmentation, batching.
   tfds_builder   the TFDS builder `voc2012_segmentation`.
+  custom         your own data: layout detection, class tables, class frequencies.
 
 TensorFlow is imported only when the pipeline is used, so `builtin` and `voc`
 stay cheap to import.
@@ -15,6 +16,8 @@ from deeplab_keras._lazy import lazy_getattr
 _LAZY = {
     "make_dataset": "deeplab_keras.data.pipeline",
     "make_tfds_dataset": "deeplab_keras.data.pipeline",
+    "make_custom_dataset": "deeplab_keras.data.pipeline",
+    "open_dataset": "deeplab_keras.data.custom",
     "augment": "deeplab_keras.data.pipeline",
     "list_examples": "deeplab_keras.data.voc",
     "read_split": "deeplab_keras.data.voc",
@@ -26,4 +29,4 @@ _LAZY = {
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, (
-    "builtin", "voc", "decode", "pipeline", "tfds_builder", "synthetic"))
+    "builtin", "voc", "decode", "pipeline", "tfds_builder", "synthetic", "custom"))

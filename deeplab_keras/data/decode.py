@@ -167,6 +167,40 @@ def _is_voc_palette(im):
     return bool(np.array_equal(pal[:n], VOC_PALETTE[:n]))
 
 
+def inspect_label_header(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """Header check of a label PNG, shared by the VOC and the custom-layout readers.
+
+    Args:
+      path: str, a label PNG.
+      max_image_pixels: refuse labels with more pixels (None: no limit).
+
+    Returns:
+      (PIL mode str, (height, width), whether a "P" image has the VOC palette).
+
+    Raises:
+      DataError: missing, not a PNG (lossy JPEG labels change class ids),
+        corrupt chunks, truncated, or too large.
+    """
+    path = os.fspath(path)
+    with _open(path, "Label") as im:
+        fmt, mode, size = im.format, im.mode, im.size
+        voc_palette = mode == "P" and _is_voc_palette(im)
+        if fmt == "PNG" and (max_image_pixels is None
+                             or size[0] * size[1] <= max_image_pixels):
+            try:
+                # Checks every chunk's CRC without inflating the pixels: finds
+                # corrupted label data here, with the file's name.
+                im.verify()
+            except Exception as e:  # PIL raises SyntaxError/OSError/struct.error
+                raise DataError(f"Label PNG is corrupt ({e}): {path}") from e
+    if fmt != "PNG":
+        raise DataError(f"Label must be a PNG (lossy {fmt} changes class ids): {path}")
+    _check_size(size, max_image_pixels, path, "Label")
+    _check_tail(path, "PNG", "Label")
+    w, h = size
+    return mode, (h, w), voc_palette
+
+
 def inspect_label(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Header check of a label file and the way to decode it.
 
@@ -185,22 +219,7 @@ def inspect_label(path, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         if not os.path.isfile(path):
             raise DataError(f"Label file not found: {path}")
         return LabelKind.PYTHON, None
-    with _open(path, "Label") as im:
-        fmt, mode, size = im.format, im.mode, im.size
-        voc_palette = mode == "P" and _is_voc_palette(im)
-        if fmt == "PNG" and (max_image_pixels is None
-                             or size[0] * size[1] <= max_image_pixels):
-            try:
-                # Checks every chunk's CRC without inflating the pixels: finds
-                # corrupted label data here, with the file's name.
-                im.verify()
-            except Exception as e:  # PIL raises SyntaxError/OSError/struct.error
-                raise DataError(f"Label PNG is corrupt ({e}): {path}") from e
-    if fmt != "PNG":
-        raise DataError(f"Label must be a PNG (lossy {fmt} changes class ids): {path}")
-    _check_size(size, max_image_pixels, path, "Label")
-    _check_tail(path, "PNG", "Label")
-    w, h = size
+    mode, (h, w), voc_palette = inspect_label_header(path, max_image_pixels)
     if mode == "L":
         return LabelKind.INDEX, (h, w)
     if mode == "P":

@@ -9,8 +9,10 @@ mean). Evaluation: the whole image, never cropped, batch 1, or padded
 bottom/right to `eval_pad_to` (label 255) so that images batch together.
 
 Every source goes through the same code: the raw VOCdevkit/SBD reader
-(`make_dataset`), the TFDS builder (`make_tfds_dataset`) and the built-in
-dataset (a VOCdevkit on disk).
+(`make_dataset`), the TFDS builder (`make_tfds_dataset`), the built-in
+dataset (a VOCdevkit on disk) and your own folders (`make_dataset` on a layout
+of `deeplab_keras.data.custom`, via `make_custom_dataset`: only the mask
+decoding differs, through the dataset's class table).
 
 Determinism: with `seed` set, the shuffle order and every augmentation draw
 come from that seed (stateless random ops fed by `tf.data.Dataset.random`),
@@ -26,7 +28,7 @@ import tensorflow as tf
 
 from deeplab_keras.data import decode as dec
 from deeplab_keras.data import voc
-from deeplab_keras.palette import IGNORE_LABEL
+from deeplab_keras.palette import IGNORE_LABEL, VOC_CLASSES
 from deeplab_keras.preprocessing import MEAN_RGB, preprocess_images
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -260,21 +262,29 @@ def _finish(ds, num_examples, *, training, batch_size, crop_size, seed, cache,
     return ds.with_options(opts)
 
 
-def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_classes=21,
+def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_classes=None,
                  seed=None, cache=False, sbd_dir=None, eval_pad_to=None,
                  scale_range=(0.5, 1.5), flip=True, shuffle=None, shuffle_buffer=20000,
                  repeat=False, drop_remainder=None, on_error="raise", validate="header",
-                 max_image_pixels=dec.DEFAULT_MAX_IMAGE_PIXELS, return_names=False):
-    """A tf.data pipeline over PASCAL VOC 2012 (+ SBD) or the built-in dataset.
+                 max_image_pixels=dec.DEFAULT_MAX_IMAGE_PIXELS, return_names=False,
+                 ignore_value=IGNORE_LABEL, unknown_color="error",
+                 ignore_classes=None):
+    """A tf.data pipeline over PASCAL VOC 2012 (+ SBD), the built-in dataset, or
+    your own data in one of the layouts of `deeplab_keras.data.custom`.
 
     Args:
       data_dir: the VOCdevkit directory (or its VOC2012/, or the dir holding
-        VOCdevkit/), e.g. `builtin.ensure_builtin()`.
-      split: "train", "val", "trainval" or "train_aug" (needs `sbd_dir`).
+        VOCdevkit/), e.g. `builtin.ensure_builtin()`; or a folder in a layout
+        of `deeplab_keras.data.custom` (images/ + masks/, a labelling tool's
+        VOC-like or Roboflow export, CamVid), detected automatically.
+      split: "train", "val", "trainval" or "train_aug" (needs `sbd_dir`); for
+        your own data, the splits it has ("train", "val", "test").
       training: True: shuffle + augmentation + crops; False: whole images.
       batch_size: images per batch (evaluation: 1 unless `eval_pad_to`).
       crop_size: int or (h, w) training crop; 321 as in DeepLab.
-      num_classes: labels must be in [0, num_classes) or 255.
+      num_classes: labels must be in [0, num_classes) or 255. None: 21 for
+        VOC; for your own data, the dataset's class count (a different number
+        is an error).
       seed: int for a reproducible order and augmentation, None for random.
       cache: True caches decoded examples in memory, a str caches to that file
         prefix, False does not cache.
@@ -301,6 +311,9 @@ def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_cl
         nothing is decoded); None for no limit.
       return_names: also yield the example names (tf.string [B]) as a third
         element (for evaluation; do not pass such a dataset to `fit`).
+      ignore_value, unknown_color, ignore_classes: mask options of your own
+        data (`deeplab_keras.data.custom.open_dataset`); None ignore_classes
+        means `custom.DEFAULT_IGNORE_CLASSES`. VOCdevkit labels use 255.
 
     Returns:
       tf.data.Dataset of (images float32 [B, H, W, 3] preprocessed (Caffe BGR
@@ -318,6 +331,26 @@ def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_cl
       ...                   num_classes=builtin.NUM_CLASSES, seed=0)
       >>> images, labels = next(iter(ds))   # [8, 161, 161, 3], [8, 161, 161]
     """
+    from deeplab_keras.data import custom
+
+    if data_dir is not None and custom.source_kind(data_dir) != "voc":
+        dataset = custom.open_dataset(
+            data_dir, ignore_value=ignore_value, unknown_color=unknown_color,
+            ignore_classes=custom.DEFAULT_IGNORE_CLASSES if ignore_classes is None
+            else ignore_classes)
+        return make_custom_dataset(
+            dataset, split, training=training, batch_size=batch_size, crop_size=crop_size,
+            num_classes=num_classes, seed=seed, cache=cache, eval_pad_to=eval_pad_to,
+            scale_range=scale_range, flip=flip, shuffle=shuffle,
+            shuffle_buffer=shuffle_buffer, repeat=repeat, drop_remainder=drop_remainder,
+            on_error=on_error, validate=validate, max_image_pixels=max_image_pixels,
+            return_names=return_names)
+    if num_classes is None:
+        num_classes = len(VOC_CLASSES)
+    if ignore_value != IGNORE_LABEL:
+        raise ValueError(f"VOCdevkit labels use {IGNORE_LABEL} as the ignore label; "
+                         f"ignore_value is for your own data's masks. Received: "
+                         f"ignore_value={ignore_value!r}")
     _check_args(training, batch_size, crop_size, num_classes, seed, eval_pad_to,
                 scale_range, on_error, validate)
     examples = voc.list_examples(data_dir, split, sbd_dir=sbd_dir)
@@ -350,6 +383,86 @@ def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_cl
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     return _finish(ds, len(examples), training=training, batch_size=batch_size,
+                   crop_size=crop_size, seed=seed, cache=cache, shuffle=shuffle,
+                   shuffle_buffer=shuffle_buffer, repeat=repeat,
+                   drop_remainder=drop_remainder, eval_pad_to=eval_pad_to,
+                   scale_range=scale_range, flip=flip, on_error=on_error,
+                   return_names=return_names)
+
+
+def make_custom_dataset(dataset, split, *, training, batch_size, crop_size=321,
+                        num_classes=None, seed=None, cache=False, eval_pad_to=None,
+                        scale_range=(0.5, 1.5), flip=True, shuffle=None,
+                        shuffle_buffer=20000, repeat=False, drop_remainder=None,
+                        on_error="raise", validate="header",
+                        max_image_pixels=dec.DEFAULT_MAX_IMAGE_PIXELS, return_names=False):
+    """`make_dataset` over a `deeplab_keras.data.custom.Dataset` (same pipeline).
+
+    The masks are mapped to class ids through the dataset's `ClassTable` inside
+    the tf.data map (`custom.decode_label_tf`); everything after decoding
+    (augmentation with nearest-neighbour label scaling, padding with 255,
+    batching) is the code VOC goes through. Arguments: as `make_dataset`;
+    `num_classes` None means the dataset's own.
+    """
+    from deeplab_keras.data import custom
+
+    if num_classes is None:
+        num_classes = dataset.num_classes
+    _check_args(training, batch_size, crop_size, num_classes, seed, eval_pad_to,
+                scale_range, on_error, validate)
+    if num_classes != dataset.num_classes:
+        raise ValueError(
+            f"num_classes={num_classes} does not match the dataset at {dataset.root}: its "
+            f"class table ({dataset.table.source or 'the mask values'}) has "
+            f"{dataset.num_classes} classes ({', '.join(dataset.class_names)}). "
+            f"Received: num_classes={num_classes}")
+    examples = dataset.examples(split)
+    if not examples:
+        raise ValueError(f"Split {split!r} of {dataset.root} has no images.")
+    kept, kinds, skipped = [], [], []
+    for ex in examples:
+        try:
+            kind = dataset.inspect(ex, max_image_pixels)
+            if validate == "full":
+                img = dec.read_image(ex.image_path)
+                lab = dataset.read_label(ex.label_path)
+                if lab.shape != img.shape[:2]:
+                    raise dec.DataError(
+                        f"Image and mask sizes differ: {ex.image_path} is "
+                        f"{img.shape[0]}x{img.shape[1]}, {ex.label_path} is "
+                        f"{lab.shape[0]}x{lab.shape[1]} (HxW)")
+        except dec.DataError as e:
+            if on_error == "raise":
+                raise
+            skipped.append((ex, str(e)))
+            continue
+        kept.append(ex)
+        kinds.append(int(kind))
+    if skipped:
+        log.warning("Skipped %d of %d examples with bad files; first: %s",
+                    len(skipped), len(examples), skipped[0][1])
+    if not kept:
+        raise ValueError(f"Every example of split {split!r} in {dataset.root} was skipped "
+                         f"as bad (on_error='skip').")
+    shuffle = training if shuffle is None else shuffle
+    kinds_present = sorted(set(kinds))
+    ds = tf.data.Dataset.from_tensor_slices({
+        "image_path": [e.image_path for e in kept],
+        "label_path": [e.label_path for e in kept],
+        "kind": np.asarray(kinds, np.int32),
+        "name": [e.name for e in kept],
+    })
+    if shuffle and not cache:
+        ds = ds.shuffle(len(kept), seed=seed, reshuffle_each_iteration=True)
+
+    def load(ex):
+        image = dec.decode_image_tf(tf.io.read_file(ex["image_path"]))
+        label = custom.decode_label_tf(dataset, ex["label_path"], ex["kind"], kinds_present)
+        image, label = dec.check_example_tf(image, label, ex["label_path"], num_classes)
+        return {"image": image, "label": label, "name": ex["name"]}
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _finish(ds, len(kept), training=training, batch_size=batch_size,
                    crop_size=crop_size, seed=seed, cache=cache, shuffle=shuffle,
                    shuffle_buffer=shuffle_buffer, repeat=repeat,
                    drop_remainder=drop_remainder, eval_pad_to=eval_pad_to,

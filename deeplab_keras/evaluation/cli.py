@@ -1,5 +1,10 @@
 """`deeplab-evaluate` / `python -m deeplab_keras.evaluation`: mIoU of a trained model.
 
+Writes the results JSON (per-class IoU under the class names: VOC's, the
+built-in set's, or your own data's class table) and, next to it,
+`<json stem>_confusion.png`: the confusion matrix with rows normalised and the
+class names on the axes (needs matplotlib).
+
 The model comes from a run directory (`--run-dir runs/builtin`: its config.json
 and model.keras, or its newest checkpoint), a `.keras` file (`--model`), or a
 checkpoint file with the preset it was trained with (`--checkpoint` + `--preset`
@@ -35,7 +40,11 @@ def build_parser():
     src.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config overrides for --checkpoint")
     data = p.add_argument_group("data")
-    data.add_argument("--data-dir", help="VOCdevkit directory (default: the run's, else built-in)")
+    data.add_argument("--data-dir", help="VOCdevkit directory, or your own data (images/ + masks/, "
+                                         "a VOC-like export, CamVid); default: the run's, else built-in")
+    data.add_argument("--unknown-color", choices=("error", "ignore"),
+                      help="your own data: mask colours not in the class table are an error "
+                           "(default, or the run's setting) or ignored")
     data.add_argument("--split", default=None, help="split to evaluate (default: the run's val_split, or val)")
     data.add_argument("--tfds", action="store_true", help="read the TFDS builder instead of files")
     data.add_argument("--num-classes", type=int, help="classes (default: from the model)")
@@ -144,7 +153,12 @@ def _main(args):
         data_dir = builtin.ensure_builtin()
         if num_classes == builtin.NUM_CLASSES:
             class_names = list(builtin.CLASS_NAMES)
-    if class_names is None:
+    custom_data = False
+    if data_dir is not None and not tfds:
+        from deeplab_keras.data import custom
+
+        custom_data = custom.source_kind(data_dir) != "voc"
+    if class_names is None and not custom_data:  # your own data: its table's names
         from deeplab_keras.palette import VOC_CLASSES
 
         if num_classes == len(VOC_CLASSES):
@@ -177,13 +191,35 @@ def _main(args):
     result = evaluate_split(model, data_dir, split, num_classes=num_classes, scales=scales,
                             flip=args.flip, crf=crf, class_names=class_names, limit=args.limit,
                             tfds=tfds,
+                            ignore_value=config.ignore_value if config else 255,
+                            ignore_classes=config.ignore_classes if config else None,
+                            unknown_color=args.unknown_color
+                            or (config.unknown_color if config else "error"),
                             tfds_data_dir=config.tfds_data_dir if config else None,
                             tfds_manual_dir=config.tfds_manual_dir if config else None)
     print(format_table(result))
     output = Path(args.output) if args.output else out_dir / f"eval_{split}.json"
     result.to_json(output)
-    print(f"mIoU {result.miou:.4f}; results written to {output}")
+    figure = _confusion_figure(result, output, split)
+    print(f"mIoU {result.miou:.4f}; results written to {output}"
+          + (f", confusion matrix {figure}" if figure else ""))
     return 0
+
+
+def _confusion_figure(result, output, split):
+    """`<output stem>_confusion.png` next to the JSON (None without matplotlib)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("[evaluate] matplotlib is not installed: no confusion-matrix figure "
+              "(pip install matplotlib).", flush=True)
+        return None
+    from deeplab_keras.viz import plot_confusion_matrix
+
+    path = output.with_name(output.stem + "_confusion.png")
+    plot_confusion_matrix(result.confusion, result.class_names, path=path,
+                          title=f"{split}: mIoU {result.miou:.4f} (rows normalised)")
+    return path
 
 
 if __name__ == "__main__":

@@ -171,12 +171,16 @@ class Predictor:
         return tf.argmax(self(image), axis=-1, output_type=tf.int32).numpy()
 
 
-def _read_example(example, num_classes):
-    """(preprocessed float32 [H, W, 3], int [H, W] labels) of a `voc.Example`, checked."""
+def _read_example(example, num_classes, read_label=None):
+    """(preprocessed float32 [H, W, 3], int [H, W] labels) of a `voc.Example`, checked.
+
+    `read_label(path) -> uint8 [H, W]` decodes the label (default: the VOC
+    decoder; your own data: `custom.Dataset.read_label`, through its class table).
+    """
     from deeplab_keras.data import decode
 
     image = decode.read_image(example.image_path)
-    label = np.asarray(decode.read_label(example.label_path))
+    label = np.asarray((read_label or decode.read_label)(example.label_path))
     if label.shape != image.shape[:2]:
         raise ValueError(f"Image and label sizes differ: {example.image_path} is "
                          f"{image.shape[0]}x{image.shape[1]}, {example.label_path} is "
@@ -189,7 +193,8 @@ def _read_example(example, num_classes):
 
 
 def evaluate_examples(model, examples, num_classes, *, scales=(1.0,), flip=False, crf=None,
-                      class_names=None, verbose=True, settings=None, pad_to=None):
+                      class_names=None, verbose=True, settings=None, pad_to=None,
+                      read_label=None):
     """Evaluate `model` on a list of `deeplab_keras.data.voc.Example`s.
 
     An example that fails (unreadable or truncated file, size mismatch, bad label
@@ -204,6 +209,7 @@ def evaluate_examples(model, examples, num_classes, *, scales=(1.0,), flip=False
       class_names: C names for the table (default "class_<i>").
       verbose: print progress and each failure.
       settings: extra entries for `EvalResult.settings`.
+      read_label: label decoder `path -> uint8 [H, W]` (default: VOC's).
 
     Returns:
       `EvalResult`.
@@ -222,7 +228,7 @@ def evaluate_examples(model, examples, num_classes, *, scales=(1.0,), flip=False
     start = time.time()
     for k, ex in enumerate(examples):
         try:
-            image, label = _read_example(ex, num_classes)
+            image, label = _read_example(ex, num_classes, read_label)
             prediction = predictor.labels(image)
             acc.update(label, prediction)
             done += 1
@@ -253,21 +259,29 @@ def _crf_params(crf):
 
 def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), flip=False,
                    crf=None, class_names=None, limit=None, sbd_dir=None, tfds=False,
-                   tfds_data_dir=None, tfds_manual_dir=None, verbose=True, pad_to=None):
-    """Evaluate on a VOCdevkit split (files) or the TFDS builder's split.
+                   tfds_data_dir=None, tfds_manual_dir=None, verbose=True, pad_to=None,
+                   ignore_value=IGNORE_LABEL, unknown_color="error", ignore_classes=None):
+    """Evaluate on a VOCdevkit split (files), your own data, or the TFDS builder's split.
 
     Args:
       model: single-scale DeepLab model.
-      data_dir: VOCdevkit directory (ignored with `tfds`).
+      data_dir: VOCdevkit directory, or a folder of your own data in a layout of
+        `deeplab_keras.data.custom` (its masks are read through its class table
+        and `class_names` defaults to the table's names); ignored with `tfds`.
       split: "val" etc.
       num_classes, scales, flip, crf, class_names, pad_to: see `evaluate_examples`.
       limit: evaluate only the first `limit` images (None: all).
       sbd_dir: for SBD-based splits.
       tfds, tfds_data_dir, tfds_manual_dir: read the TFDS builder instead.
       verbose: progress output.
+      ignore_value, unknown_color, ignore_classes: mask options of your own
+        data (`custom.open_dataset`; None ignore_classes: its default).
 
     Returns:
       `EvalResult`.
+
+    Raises:
+      ValueError: num_classes or class_names do not match your dataset's table.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None. Received: limit={limit!r}")
@@ -275,17 +289,34 @@ def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), 
     if tfds:
         return _evaluate_tfds(model, split, num_classes, scales, flip, crf, class_names, limit,
                               tfds_data_dir, tfds_manual_dir, verbose, settings, pad_to)
-    from deeplab_keras.data import voc
+    from deeplab_keras.data import custom, voc
 
     if data_dir is None:
         raise ValueError("data_dir is required unless tfds=True. Received: data_dir=None")
-    examples = voc.list_examples(str(data_dir), split, sbd_dir=sbd_dir)
+    read_label = None
+    if custom.source_kind(data_dir) == "voc":
+        examples = voc.list_examples(str(data_dir), split, sbd_dir=sbd_dir)
+    else:
+        dataset = custom.open_dataset(
+            data_dir, ignore_value=ignore_value, unknown_color=unknown_color,
+            ignore_classes=custom.DEFAULT_IGNORE_CLASSES if ignore_classes is None
+            else ignore_classes)
+        if num_classes != dataset.num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} does not match the dataset at {dataset.root}, "
+                f"which has {dataset.num_classes} classes ({', '.join(dataset.class_names)}). "
+                f"Received: num_classes={num_classes}")
+        examples = dataset.examples(split)
+        read_label = dataset.read_label
+        if class_names is None:
+            class_names = list(dataset.class_names)
+        settings["layout"] = dataset.layout
     if limit is not None:
         examples = examples[:limit]
     settings["data_dir"] = str(data_dir)
     return evaluate_examples(model, examples, num_classes, scales=scales, flip=flip, crf=crf,
                              class_names=class_names, verbose=verbose, settings=settings,
-                             pad_to=pad_to)
+                             pad_to=pad_to, read_label=read_label)
 
 
 def _evaluate_tfds(model, split, num_classes, scales, flip, crf, class_names, limit,

@@ -238,9 +238,29 @@ def run_export(args):
             print(f"{fmt:<13}{path}  {describe_size(path)}  "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
             print(f"  ops: {format_op_list(onnx_op_types(path))}", flush=True)
+    copy_class_sidecar(args.model, written)
     if args.check:
         check(model, written, size, args.check, crf, args.data_dir)
     return written
+
+
+def copy_class_sidecar(model_spec, written):
+    """Copy the `classes.json` beside a `.keras` checkpoint (a model trained on your
+    own data: class names and colours) next to each export, where `deeplab-predict`
+    looks for it. Returns the copies written."""
+    import shutil
+
+    from deeplab_keras.data.custom import CLASSES_FILE
+
+    sidecar = Path(str(model_spec)).parent / CLASSES_FILE
+    if not str(model_spec).endswith(".keras") or not sidecar.is_file():
+        return []
+    copies = []
+    for fmt, path in written.items():
+        folder = Path(path) if fmt == "saved_model" else Path(path).parent
+        shutil.copyfile(sidecar, folder / CLASSES_FILE)
+        copies.append(folder / CLASSES_FILE)
+    return copies
 
 
 def check(model, written, size, num_images, crf, data_dir):

@@ -16,6 +16,8 @@ Callbacks here:
   StopOnNonFinite      TerminateOnNaN that remembers the step (divergence report).
   StopAtStep           ends `fit` at the global step `steps` (resumed runs).
   LearningRateLogger   adds the current learning rate to the epoch logs (CSV).
+  ImageSummaries       TensorBoard images of fixed val images: image | prediction |
+                       ground truth, every N steps.
 """
 
 import math
@@ -295,3 +297,70 @@ class EpochMeanIoU(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["val_miou"] = float(self.evaluate())
+
+
+class ImageSummaries(keras.callbacks.Callback):
+    """TensorBoard image summaries: a few fixed val images with the current
+    prediction and the ground truth, side by side, every `every` global steps
+    (and at the end of training).
+
+    Each image is one summary `val_images/<name>`: [image | prediction |
+    ground truth], labels drawn with `palette` (255 in its colour).
+
+    Args:
+      model: the single-scale network (logits at 1/8; shares the trained weights).
+      examples: list of (name, uint8 [H, W, 3] RGB image, uint8 [H, W] labels).
+      log_dir: where the summary writer writes (e.g. `<run>/logs/images`).
+      every: steps between summaries (> 0).
+      palette: uint8 [256, 3] class colours.
+    """
+
+    def __init__(self, model, examples, log_dir, every, palette):
+        super().__init__()
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int. Received: every={every!r}")
+        self.net = model
+        self.examples = list(examples)
+        self.log_dir = str(log_dir)
+        self.every = every
+        self.palette = np.asarray(palette, np.uint8)
+        self.writer = None
+        self.last_step = None
+
+    def _panels(self):
+        import tensorflow as tf
+
+        from deeplab_keras.preprocessing import preprocess_images
+
+        for name, image, label in self.examples:
+            logits = self.net(preprocess_images(tf.cast(image[None], tf.float32)),
+                              training=False)
+            logits = tf.image.resize(tf.cast(logits, tf.float32), image.shape[:2],
+                                     method="bilinear")
+            pred = np.asarray(tf.argmax(logits[0], axis=-1), np.int64)
+            yield name, np.concatenate([image, self.palette[pred], self.palette[label]], axis=1)
+
+    def write(self, step):
+        import tensorflow as tf
+
+        if step == self.last_step:
+            return
+        if self.writer is None:
+            self.writer = tf.summary.create_file_writer(self.log_dir)
+        with self.writer.as_default():
+            for name, panel in self._panels():
+                tf.summary.image(f"val_images/{name}", panel[None], step=step,
+                                 description="image | prediction | ground truth")
+        self.writer.flush()
+        self.last_step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = _current_step(self.model)
+        if step % self.every == 0:
+            self.write(step)
+
+    def on_train_end(self, logs=None):
+        self.write(_current_step(self.model))
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -13,6 +13,7 @@ Examples:
     python train.py --preset builtin --steps 100 --output-dir /tmp/run --resume never
     python train.py --preset deeplab-v2-resnet101 --data-dir ... --mixed-precision float16
     python train.py --preset deeplab-v2-resnet101 --data-dir ... --accumulate 10   # Caffe 1 x 10
+    python train.py --data-dir ~/data/camvid --class-weights median_frequency
     python train.py --list-presets
 """
 
@@ -31,6 +32,9 @@ _FLAG_FIELDS = {
     "tfds_data_dir": "tfds_data_dir", "tfds_manual_dir": "tfds_manual_dir",
     "seed": "seed", "checkpoint_every": "checkpoint_every",
     "mixed_precision": "mixed_precision", "accumulate": "accumulate",
+    "num_classes": "num_classes", "class_weights": "class_weights",
+    "unknown_color": "unknown_color", "ignore_value": "ignore_value",
+    "ignore_classes": "ignore_classes", "image_summary_every": "image_summary_every",
 }
 
 
@@ -43,7 +47,23 @@ def build_parser():
         epilog="Any config field can be set with --set key=value (see --print-config).")
     p.add_argument("--preset", default="builtin",
                    help=f"named config (default: builtin). One of: {', '.join(available_presets())}")
-    p.add_argument("--data-dir", help="VOCdevkit directory (containing VOC2012/)")
+    p.add_argument("--data-dir", help="VOCdevkit directory (containing VOC2012/), or your own "
+                                      "data: images/ + masks/, a VOC-like labelling-tool export "
+                                      "(labelmap.txt / _classes.csv) or CamVid (class_dict.csv)")
+    p.add_argument("--num-classes", help="classes incl. background (default: the preset's; "
+                                         "your own data: its class table's, a different value "
+                                         "is an error)")
+    p.add_argument("--class-weights", metavar="{none,inverse_frequency,median_frequency}|W,...",
+                   help="loss weight per class: from the training split's class frequencies "
+                        "(your own data) or a comma-separated list; 255 stays ignored")
+    p.add_argument("--unknown-color", choices=("error", "ignore"),
+                   help="your own data: mask colours/values not in the class table are an "
+                        "error (default) or ignored (label 255)")
+    p.add_argument("--ignore-classes", metavar="NAME,...",
+                   help="your own data: class-table names whose pixels are ignored (label 255) "
+                        "instead of trained (default: void,unlabelled,unlabeled,ignore,__ignore__)")
+    p.add_argument("--ignore-value", help="your own index masks: the pixel value meaning "
+                                          "'ignore' (default 255; 'none': no value)")
     p.add_argument("--sbd-dir", help="SBD benchmark_RELEASE (or SegmentationClassAug) for train_aug")
     p.add_argument("--tfds", action="store_true", help="read the TFDS builder voc2012_segmentation")
     p.add_argument("--tfds-data-dir", help="TFDS data_dir")
@@ -63,6 +83,9 @@ def build_parser():
                         "update per batch (Caffe iter_size; batch_size stays the effective batch)")
     p.add_argument("--jit-compile", action="store_true",
                    help="compile the training step with XLA")
+    p.add_argument("--image-summary-every", metavar="N",
+                   help="TensorBoard images (val image | prediction | ground truth) every N "
+                        "steps (--set image_summary_images=K for K images; default off)")
     p.add_argument("--resume", choices=RESUME_MODES,
                    help="auto: continue from the newest checkpoint in the output dir if any "
                         "(default); require: fail without one; never: fail if one exists")
@@ -102,6 +125,25 @@ def resolve_config(args):
     return apply_overrides(config, args.set)
 
 
+def _check_explicit_num_classes(args, config):
+    """A --num-classes (or --set num_classes=) that differs from your dataset's is an
+    error, even when it equals the preset's value (which `trainer.resolve_data`
+    otherwise replaces by the dataset's count)."""
+    explicit = args.num_classes is not None or any(
+        item.split("=", 1)[0].strip() == "num_classes" for item in args.set)
+    if not explicit or not config.data_dir or config.tfds:
+        return
+    from deeplab_keras.training.trainer import open_custom
+
+    dataset = open_custom(config)
+    if dataset is not None and dataset.num_classes != config.num_classes:
+        raise ValueError(
+            f"--num-classes {config.num_classes} does not match the dataset at {dataset.root}: "
+            f"its class table ({dataset.table.source or 'the mask values'}) has "
+            f"{dataset.num_classes} classes ({', '.join(dataset.class_names)}). Leave "
+            "--num-classes out to use the dataset's.")
+
+
 def main(argv=None):
     """Entry point; returns the process exit code (0 ok, 1 training failed, 2 bad usage)."""
     parser = build_parser()
@@ -115,7 +157,8 @@ def main(argv=None):
         return 0
     try:
         config = resolve_config(args)
-    except ValueError as e:
+        _check_explicit_num_classes(args, config)
+    except (ValueError, FileNotFoundError) as e:
         print(f"deeplab-train: error: {e} (see --help)", file=sys.stderr)
         return 2
     if args.print_config:

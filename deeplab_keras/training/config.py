@@ -27,6 +27,7 @@ import typing
 from pathlib import Path
 
 from deeplab_keras.data import builtin as _builtin
+from deeplab_keras.data import custom as _custom
 
 LR_POLICIES = ("step", "poly")
 INITS = ("keras", "lsuv")
@@ -42,7 +43,10 @@ class TrainConfig:
     Attributes:
       name: preset name, used for the default output directory `runs/<name>`.
       model: a `deeplab_keras.models.available_models()` name.
-      num_classes: classes including background (21 for VOC).
+      num_classes: classes including background (21 for VOC). With your own data
+        (`data_dir` in a layout of `deeplab_keras.data.custom`) the dataset's
+        class count is used when this is left at the preset's value; any other
+        value that differs from the dataset's is an error.
       width_multiplier: conv width factor (1.0 = the paper's network).
       freeze_bn: keep BatchNorm at its ImageNet statistics (ResNet-101, batch 10).
       dropout: dropout rate after fc6/fc7 (VGG heads).
@@ -54,8 +58,19 @@ class TrainConfig:
       msc_training: train with multi-scale inputs and one loss per scale plus the
         max-fused output (v2: 4 losses).
       msc_scales: the MSC input scales, scale 1.0 first.
-      data_dir: VOCdevkit directory (containing VOC2012/); None: the built-in data
+      data_dir: VOCdevkit directory (containing VOC2012/), or a folder of your
+        own images and masks (images/ + masks/, a VOC-like labelling-tool
+        export, CamVid; `deeplab_keras.data.custom`); None: the built-in data
         (or TFDS with `tfds`).
+      ignore_value: the pixel value of your own index masks that means "ignore"
+        (255), or None. VOCdevkit labels always use 255.
+      unknown_color: "error" or "ignore": mask colours/values of your own data
+        that are not in its class table.
+      ignore_classes: class-table names (case-insensitive) whose pixels are
+        ignored (label 255) instead of trained, e.g. void, unlabelled.
+      class_weights: loss weights per class: "none", "inverse_frequency",
+        "median_frequency" (from the training split's class-frequency table of
+        your own data), or a comma-separated list of num_classes numbers.
       sbd_dir: SBD `benchmark_RELEASE` directory, for the train_aug split.
       tfds: read the TFDS builder `voc2012_segmentation` instead of files.
       tfds_data_dir: TFDS data_dir (None: the TFDS default).
@@ -83,6 +98,10 @@ class TrainConfig:
       steps_per_epoch: steps per Keras "epoch" (one progress bar, one CSV row).
       val_miou_images: after every epoch, the mIoU on the first N images of
         `val_split`, logged as `val_miou` (CSV log, TensorBoard); 0 = off.
+      image_summary_every: every N steps, TensorBoard image summaries of the
+        first `image_summary_images` val images (image | prediction | ground
+        truth) under `<run>/logs/images`; 0 = off.
+      image_summary_images: how many val images those summaries show.
       resume: "auto" (continue from the latest checkpoint if there is one),
         "require" (fail without one) or "never" (fail if one exists).
       multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG instead of
@@ -117,6 +136,10 @@ class TrainConfig:
     # Data
     data_dir: typing.Optional[str] = None
     sbd_dir: typing.Optional[str] = None
+    ignore_value: typing.Optional[int] = 255
+    unknown_color: str = "error"
+    ignore_classes: typing.Tuple[str, ...] = _custom.DEFAULT_IGNORE_CLASSES
+    class_weights: str = "none"
     tfds: bool = False
     tfds_data_dir: typing.Optional[str] = None
     tfds_manual_dir: typing.Optional[str] = None
@@ -144,6 +167,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     steps_per_epoch: int = 100
     val_miou_images: int = 0
+    image_summary_every: int = 0
+    image_summary_images: int = 3
     resume: str = "auto"
     multi_worker: bool = False
     mixed_precision: typing.Optional[str] = None
@@ -240,6 +265,10 @@ def validate(cfg):
         raise ValueError(f"resume must be one of {RESUME_MODES}. Received: resume={cfg.resume!r}")
     if cfg.seed < 0:
         raise ValueError(f"seed must be >= 0. Received: seed={cfg.seed}")
+    if cfg.image_summary_every < 0 or cfg.image_summary_images < 1:
+        raise ValueError("image_summary_every must be >= 0 (0 = off) and image_summary_images "
+                         f">= 1. Received: image_summary_every={cfg.image_summary_every}, "
+                         f"image_summary_images={cfg.image_summary_images}")
     if cfg.val_miou_images < 0:
         raise ValueError("val_miou_images must be >= 0 (0 = off). "
                          f"Received: val_miou_images={cfg.val_miou_images}")
@@ -250,6 +279,15 @@ def validate(cfg):
     if cfg.msc_training and cfg.msc_scales[0] != 1.0:
         raise ValueError(f"msc_scales must start with 1.0 (the scale the fused logits live at). "
                          f"Received: msc_scales={cfg.msc_scales}")
+    if cfg.ignore_value is not None and not 0 <= cfg.ignore_value <= 255:
+        raise ValueError(f"ignore_value must be in [0, 255] or none. "
+                         f"Received: ignore_value={cfg.ignore_value}")
+    if cfg.unknown_color not in _custom.UNKNOWN_COLOR_MODES:
+        raise ValueError(f"unknown_color must be one of {_custom.UNKNOWN_COLOR_MODES}. "
+                         f"Received: unknown_color={cfg.unknown_color!r}")
+    # The length of a list is checked against the resolved num_classes (your own
+    # data's count is known only once its folder is read): trainer.check_data.
+    _custom.parse_class_weights(cfg.class_weights)
     if cfg.tfds and cfg.data_dir:
         raise ValueError("Give either data_dir (VOCdevkit files) or tfds=true, not both. "
                          f"Received: data_dir={cfg.data_dir!r}, tfds=True")

@@ -66,14 +66,22 @@ def _global_sum(value):
     return value
 
 
-def segmentation_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
+def segmentation_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL, class_weights=None):
     """Mean softmax cross-entropy over the non-ignored pixels, labels reduced to the logits.
+
+    With `class_weights` w, pixel i contributes w[y_i] * loss_i and the divisor
+    stays the number of non-ignored pixels N (sum_i w[y_i] loss_i / N), so the
+    gradient-accumulation and tf.distribute arithmetic of the module docstring
+    is unchanged (PyTorch's weighted mean divides by sum_i w[y_i] instead; with
+    `custom.class_weights("inverse_frequency")` the pixel-weighted mean weight
+    of the training set is 1, so the scale of the loss is kept).
 
     Args:
       labels: int/float [B, H, W] (or [B, H, W, 1]) class ids in [0, C) or
         `ignore_label`, at input resolution (or already at logit resolution).
       logits: float [B, h, w, C] (any float dtype; computed in float32).
       ignore_label: label value that contributes nothing (255).
+      class_weights: None, or C floats >= 0: the weight of each class's pixels.
 
     Returns:
       float32 scalar. 0 (with zero gradients) when every pixel is ignored.
@@ -105,10 +113,35 @@ def segmentation_cross_entropy(labels, logits, ignore_label=IGNORE_LABEL):
         safe = tf.where(valid, labels, tf.zeros_like(labels))
     pixel_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
     weights = tf.cast(valid, tf.float32)
-    total = tf.reduce_sum(pixel_loss * weights)
     count = _global_sum(tf.reduce_sum(weights))
+    if class_weights is not None:
+        class_weights = tf.constant(check_class_weights(class_weights, logits.shape[-1]),
+                                    tf.float32)
+        # Ignored pixels keep weight 0 (`safe` points them at class 0, `valid` zeroes them).
+        weights = weights * tf.gather(class_weights, safe)
+    total = tf.reduce_sum(pixel_loss * weights)
     return tf.math.divide_no_nan(total, count)
 
+
+
+def check_class_weights(class_weights, num_classes=None):
+    """Class weights as a tuple of C floats >= 0 (ValueError naming the value otherwise).
+
+    Args:
+      class_weights: a sequence of numbers.
+      num_classes: the expected length C (None: not checked).
+    """
+    try:
+        values = tuple(float(w) for w in class_weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"class_weights must be a sequence of numbers. "
+                         f"Received: class_weights={class_weights!r}") from None
+    if (not values or any(not (w >= 0) or w == float("inf") for w in values)
+            or (num_classes is not None and len(values) != num_classes)):
+        want = f"{num_classes} " if num_classes is not None else ""
+        raise ValueError(f"class_weights must be {want}finite numbers >= 0, one per class. "
+                         f"Received: class_weights={list(class_weights)!r}")
+    return values
 
 
 def valid_pixel_count(labels, logits, ignore_label=IGNORE_LABEL, across_replicas=True):
@@ -145,21 +178,27 @@ class SegmentationCrossEntropy(keras.losses.Loss):
 
     Args:
       ignore_label: the ignored label value (255).
+      class_weights: None, or C floats >= 0 (see `segmentation_cross_entropy`).
       name: loss name.
 
     Example:
         >>> model.compile(optimizer, loss=SegmentationCrossEntropy())
     """
 
-    def __init__(self, ignore_label=IGNORE_LABEL, name="segmentation_cross_entropy", **kwargs):
+    def __init__(self, ignore_label=IGNORE_LABEL, class_weights=None,
+                 name="segmentation_cross_entropy", **kwargs):
         if isinstance(ignore_label, bool) or not isinstance(ignore_label, int):
             raise ValueError(f"ignore_label must be an int. Received: ignore_label={ignore_label!r}")
         kwargs.pop("reduction", None)
         super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
         self.ignore_label = ignore_label
+        self.class_weights = (None if class_weights is None
+                              else check_class_weights(class_weights))
 
     def call(self, y_true, y_pred):
-        return segmentation_cross_entropy(y_true, y_pred, self.ignore_label)
+        return segmentation_cross_entropy(y_true, y_pred, self.ignore_label, self.class_weights)
 
     def get_config(self):
-        return {"ignore_label": self.ignore_label, "name": self.name}
+        return {"ignore_label": self.ignore_label, "name": self.name,
+                "class_weights": None if self.class_weights is None
+                else list(self.class_weights)}

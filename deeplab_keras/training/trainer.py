@@ -3,11 +3,15 @@
 `train(config)` is the whole of it, in order:
 
   1. the run directory (must be writable) and the distribution strategy;
-  2. the data: VOCdevkit (+SBD) files, the TFDS builder, or the built-in set;
+  2. the data: VOCdevkit (+SBD) files, the TFDS builder, the built-in set, or
+     your own folder (`data.custom`: num_classes from its class table, the
+     class-frequency table printed and written to the run directory, class
+     weights for the loss; `check_data`);
   3. inside `strategy.scope()`: the model (+ the MSC wrapper with 4 outputs for
      v2; under the mixed-precision policy if asked), the schedule (v1 step / v2
      poly), SGD with momentum 0.9, L2 decay on kernels and 10x learning rate on
-     the classifier, the stride-8 softmax loss with 255 ignored, `model.compile`
+     the classifier, the stride-8 softmax loss with 255 ignored (optionally
+     class-weighted), `model.compile`
      (XLA if asked), gradient accumulation and SyncBatchNorm if asked / needed
      (`compile_for_training`);
   4. resume from the newest checkpoint (model, momentum, step, hence schedule);
@@ -80,14 +84,30 @@ class TrainResult:
 
 
 def resolve_data(config):
-    """(config, VOCdevkit dir or None): the built-in dataset when no data source is given.
+    """(config, data dir or None): the built-in dataset when no data source is given.
 
-    With the built-in data, num_classes is set to the built-in class count (the
-    change is printed and is part of the config written to the run directory).
+    With the built-in data, num_classes is set to the built-in class count. With
+    your own data (`data_dir` in a layout of `deeplab_keras.data.custom`),
+    num_classes comes from the dataset's class table: a value left at the
+    preset's default is replaced (and the change printed), any other value that
+    differs is an error naming both; the "train_aug" split (VOC + SBD) becomes
+    "train". The resolved config is the one written to the run directory.
+
+    Raises:
+      ValueError: num_classes differs from your dataset's class count.
+      decode.DataError: a bad dataset (names the file).
     """
     if config.tfds:
         return config, None
     if config.data_dir:
+        dataset = open_custom(config)
+        if dataset is not None:
+            config = _custom_num_classes(config, dataset)
+            if config.train_split == "train_aug":
+                config = dataclasses.replace(config, train_split="train")
+            dataset.examples(config.train_split)  # a missing split fails before training
+            if config.evaluate or config.val_miou_images or config.image_summary_every:
+                dataset.examples(config.val_split)
         return config, Path(config.data_dir)
     from deeplab_keras.data import builtin
 
@@ -99,6 +119,111 @@ def resolve_data(config):
     if config.train_split == "train_aug":
         config = dataclasses.replace(config, train_split="train")
     return config, data_dir
+
+
+def open_custom(config):
+    """The `custom.Dataset` of `config.data_dir`, or None for a VOCdevkit / TFDS / built-in."""
+    if config.tfds or not config.data_dir:
+        return None
+    from deeplab_keras.data import custom
+
+    if custom.source_kind(config.data_dir) == "voc":
+        return None
+    return custom.open_dataset(config.data_dir, ignore_value=config.ignore_value,
+                               unknown_color=config.unknown_color,
+                               ignore_classes=config.ignore_classes)
+
+
+def _custom_num_classes(config, dataset):
+    if config.num_classes == dataset.num_classes:
+        return config
+    from deeplab_keras.training.config import PRESETS
+
+    default = PRESETS[config.name].num_classes if config.name in PRESETS \
+        else TrainConfig().num_classes
+    if config.num_classes != default:
+        raise ValueError(
+            f"num_classes={config.num_classes} does not match the dataset at {dataset.root}: "
+            f"its class table ({dataset.table.source or 'the mask values'}) has "
+            f"{dataset.num_classes} classes ({', '.join(dataset.class_names)}). Leave "
+            f"--num-classes out to use the dataset's. Received: num_classes={config.num_classes}")
+    print(f"[train] num_classes {config.num_classes} -> {dataset.num_classes} from the "
+          f"dataset at {dataset.root}", flush=True)
+    return dataclasses.replace(config, num_classes=dataset.num_classes)
+
+
+DATA_REPORT_JSON = "data_report.json"
+DATA_REPORT_TXT = "class_frequencies.txt"
+
+
+def check_data(config, run_dir=None):
+    """The checks before training; returns the loss's class weights (None: unweighted).
+
+    For your own data: prints the layout, the class names, the ignore rules, the
+    splits and the class-frequency table of the training split (decoding every
+    training mask once, so unknown colours fail here with the file's name), warns
+    when one class covers > 95 % of the labelled pixels, and writes the table to
+    `run_dir/class_frequencies.txt` and `run_dir/data_report.json`; the class
+    names and colours go to `run_dir/classes.json` (the sidecar that
+    `deeplab-predict` colours its outputs with).
+
+    Args:
+      config: a resolved `TrainConfig` (`resolve_data`).
+      run_dir: where to write the report (None: nowhere).
+
+    Returns:
+      None, or a tuple of num_classes floats.
+
+    Raises:
+      ValueError: class_weights is a method name but the data is not your own
+        (VOC / TFDS / built-in have no frequency table here; give a list).
+    """
+    from deeplab_keras.data import custom
+    from deeplab_keras.training.atomic import atomic_write_text
+
+    method = custom.parse_class_weights(config.class_weights)
+    dataset = open_custom(config)
+    if dataset is None:
+        if isinstance(method, str) and method != "none":
+            raise ValueError(
+                f"class_weights={method!r} is computed from the class-frequency table of your "
+                "own data (data_dir in an images/+masks/, VOC-like export or CamVid layout); "
+                f"for this data source give {config.num_classes} numbers instead. Received: "
+                f"class_weights={config.class_weights!r}")
+        if isinstance(method, str):
+            return None
+        if len(method) != config.num_classes:
+            raise ValueError(f"class_weights lists {len(method)} numbers but num_classes is "
+                             f"{config.num_classes}. Received: "
+                             f"class_weights={config.class_weights!r}")
+        return tuple(method)
+    print(dataset.describe(), flush=True)
+    report = custom.frequency_report(dataset, config.train_split)
+    weights = custom.class_weights(report, method)
+    table = report.table(None if method == "none" else weights)
+    print(f"[data] class frequencies of the {config.train_split} split "
+          f"(labelled pixels at full resolution):\n{table}", flush=True)
+    warning = custom.dominance_warning(report, config.train_split)
+    if warning:
+        print(f"[data] {warning}", flush=True)
+    if run_dir is not None:
+        atomic_write_text(Path(run_dir) / DATA_REPORT_TXT,
+                          dataset.describe() + "\n" + table + "\n"
+                          + (warning + "\n" if warning else ""))
+        info = {"data_dir": str(dataset.root), "layout": dataset.layout,
+                "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
+                "class_colors": list(custom.hex_colors(dataset.class_colors)),
+                "ignored_classes": list(dataset.table.ignored),
+                "ignore_value": dataset.ignore_value, "unknown_color": dataset.unknown_color,
+                "splits": {k: len(v) for k, v in dataset.splits.items()},
+                "split_note": dataset.split_note, "class_weights": config.class_weights,
+                "train_split": config.train_split, "warning": warning,
+                "frequencies": report.to_dict(None if method == "none" else weights)}
+        atomic_write_text(Path(run_dir) / DATA_REPORT_JSON, json.dumps(info, indent=2) + "\n")
+        # Beside model.keras (and copied into exports): deeplab-predict colours with it.
+        custom.write_classes_json(Path(run_dir) / custom.CLASSES_FILE, dataset.class_names,
+                                  dataset.class_colors)
+    return None if method == "none" else tuple(float(w) for w in weights)
 
 
 def make_train_dataset(config, data_dir, seed, output_keys=None):
@@ -129,7 +254,9 @@ def make_train_dataset(config, data_dir, seed, output_keys=None):
     else:
         from deeplab_keras.data import make_dataset
 
-        ds = make_dataset(str(data_dir), config.train_split, sbd_dir=config.sbd_dir, **common)
+        ds = make_dataset(str(data_dir), config.train_split, sbd_dir=config.sbd_dir,
+                          ignore_value=config.ignore_value, unknown_color=config.unknown_color,
+                          ignore_classes=config.ignore_classes, **common)
     if output_keys:
         keys = tuple(output_keys)
         ds = ds.map(lambda images, labels: (images, {k: labels for k in keys}))
@@ -157,7 +284,7 @@ def build_networks(config, backbone_weights="config", mixed_precision="config"):
         return base, wrap_msc(base, config.msc_scales, training_outputs=True)
 
 
-def compile_for_training(config, train_model, strategy=None):
+def compile_for_training(config, train_model, strategy=None, class_weights=None):
     """Optimizer, loss and `compile` of the training model, as `train` does it.
 
     DeepLabSGD (momentum, L2 on kernels, 10x on the classifier) on the
@@ -165,6 +292,8 @@ def compile_for_training(config, train_model, strategy=None):
     config; a LossScaleOptimizer around the SGD under mixed float16 (Keras'
     `compile` adds it); `accumulate` micro-batches per step; SyncBatchNorm
     for trained BN under several replicas. Call inside `strategy.scope()`.
+    `class_weights` (C floats, from `check_data`) weight each class's pixels
+    in the loss; 255 stays ignored.
 
     Returns:
       (output keys or None, the loss passed to compile).
@@ -174,9 +303,10 @@ def compile_for_training(config, train_model, strategy=None):
                                classifier_lr_mult=config.classifier_lr_mult)
     if isinstance(train_model.output, dict):
         output_keys = sorted(train_model.output)
-        loss = {k: SegmentationCrossEntropy(name=f"{k}_loss") for k in output_keys}
+        loss = {k: SegmentationCrossEntropy(class_weights=class_weights, name=f"{k}_loss")
+                for k in output_keys}
     else:
-        output_keys, loss = None, SegmentationCrossEntropy()
+        output_keys, loss = None, SegmentationCrossEntropy(class_weights=class_weights)
     if strategy is not None:
         synced = synchronize_batchnorm(train_model, strategy)
         if synced:
@@ -306,6 +436,8 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
     config, data_dir = resolve_data(config)
     if latest:
         check_resumable(config, run_dir)
+    # The checks before training (your own data: classes, frequencies, warning).
+    class_weights = check_data(config, run_dir if chief else None)
     if chief:
         config.to_json(run_dir / CONFIG_FILE)
     keras.utils.set_random_seed(config.seed)
@@ -313,7 +445,7 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
     # 3. Model, schedule, optimizer, loss.
     with strategy.scope():
         base, train_model = build_networks(config)
-        output_keys, _ = compile_for_training(config, train_model, strategy)
+        output_keys, _ = compile_for_training(config, train_model, strategy, class_weights)
 
         # 4. Resume: weights, momentum and the step counter the schedule reads.
         start_step = 0
@@ -345,6 +477,7 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
             checkpoints,
             cb.LearningRateLogger(),
             *_epoch_miou(config, base, data_dir, chief),
+            *_image_summaries(config, base, data_dir, log_dir, chief),
             keras.callbacks.CSVLogger(str(log_dir / "training_log.csv"), append=start_step > 0),
             *_tensorboard(log_dir / "logs"),
             *extra_callbacks,
@@ -423,10 +556,37 @@ def _epoch_miou(config, base, data_dir, chief):
         return evaluate_split(
             base, data_dir, config.val_split, num_classes=config.num_classes,
             limit=config.val_miou_images, sbd_dir=config.sbd_dir, tfds=config.tfds,
+            ignore_value=config.ignore_value, unknown_color=config.unknown_color,
+            ignore_classes=config.ignore_classes,
             tfds_data_dir=config.tfds_data_dir, tfds_manual_dir=config.tfds_manual_dir,
             verbose=False).miou
 
     return [cb.EpochMeanIoU(evaluate)]
+
+
+def _image_summaries(config, base, data_dir, log_dir, chief):
+    """`ImageSummaries` of the first `image_summary_images` val images (files only)."""
+    if not (config.image_summary_every and chief):
+        return []
+    if config.tfds:
+        print("[train] image summaries read files: not available with tfds.", flush=True)
+        return []
+    from deeplab_keras.data import decode, voc
+    from deeplab_keras.palette import VOC_PALETTE
+
+    palette = VOC_PALETTE.copy()
+    dataset = open_custom(config)
+    if dataset is not None:
+        examples = dataset.examples(config.val_split)
+        read_label = dataset.read_label
+        palette[:dataset.num_classes] = dataset.class_colors
+    else:
+        examples = voc.list_examples(str(data_dir), config.val_split, sbd_dir=config.sbd_dir)
+        read_label = decode.read_label
+    fixed = [(ex.name, decode.read_image(ex.image_path), read_label(ex.label_path))
+             for ex in examples[:config.image_summary_images]]
+    return [cb.ImageSummaries(base, fixed, Path(log_dir) / "logs" / "images",
+                              config.image_summary_every, palette)]
 
 
 def _tensorboard(log_dir):
@@ -458,6 +618,8 @@ def run(config, *, devices=None, verbose="auto"):
                 result.model, data_dir, config.val_split, num_classes=config.num_classes,
                 scales=config.eval_scales, flip=config.eval_flip,
                 class_names=_class_names(config), tfds=config.tfds,
+                ignore_value=config.ignore_value, unknown_color=config.unknown_color,
+                ignore_classes=config.ignore_classes,
                 tfds_data_dir=config.tfds_data_dir, tfds_manual_dir=config.tfds_manual_dir)
             print(format_table(evaluation))
             evaluation.to_json(result.run_dir / "eval_results.json")
@@ -467,6 +629,11 @@ def run(config, *, devices=None, verbose="auto"):
 
             export_path = export_saved_model(result.model, Path(config.export_dir) / config.name)
             config.to_json(Path(export_path) / "train_config.json")
+            from deeplab_keras.data import custom
+
+            classes = result.run_dir / custom.CLASSES_FILE
+            if classes.is_file():
+                shutil.copyfile(classes, Path(export_path) / custom.CLASSES_FILE)
             print(f"SavedModel written to {export_path}", flush=True)
     return result, evaluation, export_path
 
@@ -490,6 +657,9 @@ def _class_names(config):
 
     if not config.tfds and not config.data_dir:
         return list(builtin.CLASS_NAMES)
+    dataset = open_custom(config)
+    if dataset is not None:
+        return list(dataset.class_names)
     if config.num_classes == len(VOC_CLASSES):
         return list(VOC_CLASSES)
     return [f"class_{i}" for i in range(config.num_classes)]
