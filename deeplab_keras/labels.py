@@ -12,11 +12,7 @@ Example:
   'person'
 """
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
+from deeplab_keras.palette import VOC_CLASSES  # noqa: E402  (one list, re-exported here)
 
 # COCO category ids 1..91 (the 2014 paper's list; ids never annotated marked unused).
 _COCO_THINGS = (

@@ -135,10 +135,28 @@ def test_command_line(voc_dir, tmp_path, capsys):
     _constant_model(0).save(path)
     out = tmp_path / "eval.json"
     assert main(["--model", str(path), "--data-dir", str(voc_dir), "--limit", "3",
-                 "--flip", "--output", str(out)]) == 0
+                 "--flip", "--pad-to", "129", "--output", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["num_images"] == 3 and saved["settings"]["flip"] is True
+    assert saved["settings"]["pad_to"] == 129
     assert "mean IoU" in capsys.readouterr().out
     assert main(["--model", str(tmp_path / "missing.keras")]) == 2
     assert "No model file" in capsys.readouterr().err
     assert main(["--model", str(path), "--crf-params", "w1"]) == 2
+    assert main(["--model", str(path), "--pad-to", "0"]) == 2
+    assert "--pad-to 0" in capsys.readouterr().err
+
+
+def test_command_line_names_a_released_label_set(voc_dir, tmp_path):
+    # A 182-class model (deeplab-pytorch's COCO-Stuff head) gets COCO-Stuff's names.
+    from deeplab_keras.evaluation.cli import main
+    from deeplab_keras.labels import COCOSTUFF_CLASSES
+
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.AveragePooling2D(8, strides=8, padding="same")(inp)
+    keras.Model(inp, keras.layers.Conv2D(182, 1)(x)).save(tmp_path / "stuff.keras")
+    out = tmp_path / "eval.json"
+    assert main(["--model", str(tmp_path / "stuff.keras"), "--data-dir", str(voc_dir),
+                 "--limit", "1", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert COCOSTUFF_CLASSES[181] in text and COCOSTUFF_CLASSES[100] in text

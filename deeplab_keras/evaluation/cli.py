@@ -53,6 +53,9 @@ def build_parser():
     inf.add_argument("--msc", action="store_true", help="multi-scale inputs 1, 0.75, 0.5 (max fusion)")
     inf.add_argument("--scales", help="explicit comma-separated scales, e.g. 1,0.75,0.5")
     inf.add_argument("--flip", action="store_true", help="also average the flipped image's prediction")
+    inf.add_argument("--pad-to", type=int, metavar="SIDE",
+                     help="DeepLab's test protocol: pad each image (with the mean) to at least "
+                          "SIDE x SIDE, e.g. 513, run the network, crop the prediction back")
     inf.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
     inf.add_argument("--crf-params", default="",
                      help="DenseCRF arguments, e.g. bilateral_weight=4,bilateral_spatial_sigma=67")
@@ -138,6 +141,8 @@ def _main(args):
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be positive. Received: --limit {args.limit}")
+    if args.pad_to is not None and args.pad_to < 1:
+        raise ValueError(f"--pad-to must be a positive side in pixels. Received: --pad-to {args.pad_to}")
     crf_params = _parse_crf_params(args.crf_params)
     model, config = load_model(args)
     num_classes = args.num_classes or int(model.output_shape[-1])
@@ -159,10 +164,11 @@ def _main(args):
 
         custom_data = custom.source_kind(data_dir) != "voc"
     if class_names is None and not custom_data:  # your own data: its table's names
-        from deeplab_keras.palette import VOC_CLASSES
+        from deeplab_keras.labels import labels_for
 
-        if num_classes == len(VOC_CLASSES):
-            class_names = list(VOC_CLASSES)
+        # The released models' label sets: VOC (21), COCO (91), COCO-Stuff (182).
+        names = labels_for(num_classes)
+        class_names = list(names) if names else None
     split = args.split or (config.val_split if config else "val")
     if args.scales:
         scales = tuple(float(s) for s in args.scales.split(",") if s.strip())
@@ -190,7 +196,7 @@ def _main(args):
         crf = DenseCRF(**crf_params)
     result = evaluate_split(model, data_dir, split, num_classes=num_classes, scales=scales,
                             flip=args.flip, crf=crf, class_names=class_names, limit=args.limit,
-                            tfds=tfds,
+                            tfds=tfds, pad_to=args.pad_to,
                             ignore_value=config.ignore_value if config else 255,
                             ignore_classes=config.ignore_classes if config else None,
                             unknown_color=args.unknown_color

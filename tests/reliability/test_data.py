@@ -300,8 +300,10 @@ class TestPaths:
             make_dataset(tmp_path / "nope", "train", training=True, batch_size=1)
 
     def test_not_a_vocdevkit(self, tmp_path):
+        # An empty folder is neither a VOCdevkit nor one of the own-data layouts:
+        # the error names the folder and every layout it could have been.
         (tmp_path / "photos").mkdir()
-        with pytest.raises(FileNotFoundError, match=r"not a VOCdevkit.*photos/VOC2012"):
+        with pytest.raises(ValueError, match=r"photos is an empty folder.*images/ \+ masks/.*VOCdevkit"):
             make_dataset(tmp_path / "photos", "train", training=True, batch_size=1)
 
     def test_incomplete_vocdevkit_names_missing_subdir(self, tmp_path):
