@@ -362,9 +362,26 @@ def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_cl
     if not examples:
         raise ValueError(f"Every example of split {split!r} in {data_dir} was skipped "
                          f"as bad (on_error='skip').")
+    def decode_label(ex, kinds_present):
+        return dec.decode_label_tf(ex["label_path"], ex["kind"], kinds_present)
+
+    return _file_dataset(examples, kinds, decode_label, num_classes, training=training,
+                         batch_size=batch_size, crop_size=crop_size, seed=seed, cache=cache,
+                         shuffle=shuffle, shuffle_buffer=shuffle_buffer, repeat=repeat,
+                         drop_remainder=drop_remainder, eval_pad_to=eval_pad_to,
+                         scale_range=scale_range, flip=flip, on_error=on_error,
+                         return_names=return_names)
+
+
+def _file_dataset(examples, kinds, decode_label, num_classes, *, training, shuffle, seed, cache,
+                  **finish):
+    """The tf.data pipeline over checked (image path, label path) examples.
+
+    `decode_label(ex, kinds_present)` returns (label, colour_ok or None); VOC
+    and your own data differ only there. `finish`: the arguments of `_finish`.
+    """
     shuffle = training if shuffle is None else shuffle
     kinds_present = sorted(set(kinds))
-
     ds = tf.data.Dataset.from_tensor_slices({
         "image_path": [e.image_path for e in examples],
         "label_path": [e.label_path for e in examples],
@@ -376,18 +393,13 @@ def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_cl
 
     def load(ex):
         image = dec.decode_image_tf(tf.io.read_file(ex["image_path"]))
-        label, colour_ok = dec.decode_label_tf(ex["label_path"], ex["kind"], kinds_present)
-        image, label = dec.check_example_tf(
-            image, label, ex["label_path"], num_classes, colour_ok)
+        label, colour_ok = decode_label(ex, kinds_present)
+        image, label = dec.check_example_tf(image, label, ex["label_path"], num_classes, colour_ok)
         return {"image": image, "label": label, "name": ex["name"]}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(ds, len(examples), training=training, batch_size=batch_size,
-                   crop_size=crop_size, seed=seed, cache=cache, shuffle=shuffle,
-                   shuffle_buffer=shuffle_buffer, repeat=repeat,
-                   drop_remainder=drop_remainder, eval_pad_to=eval_pad_to,
-                   scale_range=scale_range, flip=flip, on_error=on_error,
-                   return_names=return_names)
+    return _finish(ds, len(examples), training=training, seed=seed, cache=cache, shuffle=shuffle,
+                   **finish)
 
 
 def make_custom_dataset(dataset, split, *, training, batch_size, crop_size=321,
@@ -444,30 +456,15 @@ def make_custom_dataset(dataset, split, *, training, batch_size, crop_size=321,
     if not kept:
         raise ValueError(f"Every example of split {split!r} in {dataset.root} was skipped "
                          f"as bad (on_error='skip').")
-    shuffle = training if shuffle is None else shuffle
-    kinds_present = sorted(set(kinds))
-    ds = tf.data.Dataset.from_tensor_slices({
-        "image_path": [e.image_path for e in kept],
-        "label_path": [e.label_path for e in kept],
-        "kind": np.asarray(kinds, np.int32),
-        "name": [e.name for e in kept],
-    })
-    if shuffle and not cache:
-        ds = ds.shuffle(len(kept), seed=seed, reshuffle_each_iteration=True)
+    def decode_label(ex, kinds_present):
+        return custom.decode_label_tf(dataset, ex["label_path"], ex["kind"], kinds_present), None
 
-    def load(ex):
-        image = dec.decode_image_tf(tf.io.read_file(ex["image_path"]))
-        label = custom.decode_label_tf(dataset, ex["label_path"], ex["kind"], kinds_present)
-        image, label = dec.check_example_tf(image, label, ex["label_path"], num_classes)
-        return {"image": image, "label": label, "name": ex["name"]}
-
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _finish(ds, len(kept), training=training, batch_size=batch_size,
-                   crop_size=crop_size, seed=seed, cache=cache, shuffle=shuffle,
-                   shuffle_buffer=shuffle_buffer, repeat=repeat,
-                   drop_remainder=drop_remainder, eval_pad_to=eval_pad_to,
-                   scale_range=scale_range, flip=flip, on_error=on_error,
-                   return_names=return_names)
+    return _file_dataset(kept, kinds, decode_label, num_classes, training=training,
+                         batch_size=batch_size, crop_size=crop_size, seed=seed, cache=cache,
+                         shuffle=shuffle, shuffle_buffer=shuffle_buffer, repeat=repeat,
+                         drop_remainder=drop_remainder, eval_pad_to=eval_pad_to,
+                         scale_range=scale_range, flip=flip, on_error=on_error,
+                         return_names=return_names)
 
 
 def make_tfds_dataset(split, *, training, batch_size, config="segmentation", data_dir=None,
