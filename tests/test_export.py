@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 import time
 
 import keras
@@ -33,6 +34,7 @@ from deeplab_keras.export.checks import THRESHOLDS
 from deeplab_keras.export.onnx import export_onnx, onnx_op_types
 from deeplab_keras.export.saved_model import export_saved_model
 from deeplab_keras.export.tflite import (
+    gpu_delegate_report,
     check_ops,
     convert_tflite,
     export_tflite,
@@ -292,6 +294,12 @@ def test_tflite_graph_has_only_builtin_ops_and_folded_dilated_convs(tflite_files
     assert ops.count("RESIZE_BILINEAR") == 1 and ops.count("ARG_MAX") == 1
 
 
+def test_network_alone_is_static_for_the_gpu_delegate(tflite_files):
+    report = gpu_delegate_report(tflite_files["float32"])
+    assert report["dynamic_ops"] == [] and report["num_ops"] > 16, report
+    assert report["analyzer_compatible"], report["analyzer_messages"]
+
+
 def test_tflite_float32_matches_keras(tflite_files, val_set, reference):
     result = checks.compare_outputs(reference, checks.run_format(tflite_files["float32"], val_set[0]))
     print(f"tflite float32: {result}")
@@ -384,6 +392,14 @@ def test_crf_in_tflite_and_onnx_matches_tensorflow(model, val_set, tmp_path):
     ref = checks.reference_outputs(model, images, crf=crf)
     tfl = export_tflite(model, tmp_path / "crf.tflite", size=size, crf=crf)
     check_ops(tflite_op_names(tfl))
+    # GPU delegate: the lattice (UNIQUE and what its size shapes) has run-time
+    # shapes, which the delegate cannot take; the report says so and the
+    # sidecar records it.
+    report = gpu_delegate_report(tfl)
+    assert "UNIQUE" in report["dynamic_ops"] and 0 < report["num_dynamic_ops"] < report["num_ops"]
+    assert "CONV_2D" not in report["dynamic_ops"] and report["analyzer_messages"]
+    sidecar = json.loads(Path(f"{tfl}.json").read_text())
+    assert sidecar["gpu_delegate"]["dynamic_ops"] == report["dynamic_ops"]
     onx = export_onnx(model, tmp_path / "crf.onnx", size=size, crf=crf)
     for path in (tfl, onx):
         result = checks.compare_outputs(ref, checks.run_format(path, images))

@@ -22,13 +22,14 @@ from deeplab_keras._lazy import lazy_getattr
 from deeplab_keras.export.saved_model import export_saved_model
 
 __all__ = ["export_saved_model", "export_tflite", "export_onnx", "run_tflite", "run_onnx",
-           "tflite_op_names", "TFLITE_QUANTIZATIONS"]
+           "tflite_op_names", "gpu_delegate_report", "TFLITE_QUANTIZATIONS"]
 
 _LAZY = {
     "export_tflite": "deeplab_keras.export.tflite",
     "convert_tflite": "deeplab_keras.export.tflite",
     "run_tflite": "deeplab_keras.export.tflite",
     "tflite_op_names": "deeplab_keras.export.tflite",
+    "gpu_delegate_report": "deeplab_keras.export.tflite",
     "representative_images": "deeplab_keras.export.tflite",
     "TFLITE_QUANTIZATIONS": "deeplab_keras.export.tflite",
     "export_onnx": "deeplab_keras.export.onnx",

@@ -212,7 +212,7 @@ def run_export(args):
     for fmt, path in planned.items():
         t0 = time.perf_counter()
         if fmt.startswith("tflite_"):
-            from deeplab_keras.export.tflite import export_tflite, tflite_op_names
+            from deeplab_keras.export.tflite import export_tflite, gpu_delegate_report, tflite_op_names
 
             calibration = None
             if fmt == "tflite_int8":
@@ -229,6 +229,12 @@ def run_export(args):
             print(f"{fmt:<13}{path}  {describe_size(path)}  "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
             print(f"  ops: {format_op_list(tflite_op_names(path))}", flush=True)
+            gpu = gpu_delegate_report(path)
+            on_cpu = (f"{gpu['num_dynamic_ops']} of {gpu['num_ops']} ops have run-time shapes and stay "
+                      f"on the CPU ({', '.join(gpu['dynamic_ops'])})" if gpu["dynamic_ops"]
+                      else "all shapes static")
+            print(f"  GPU delegate: analyzer {'compatible' if gpu['analyzer_compatible'] else 'NOT compatible'}; "
+                  f"{on_cpu}", flush=True)
         else:
             from deeplab_keras.export.onnx import export_onnx, onnx_op_types
 

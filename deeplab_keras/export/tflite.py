@@ -112,13 +112,56 @@ def tflite_op_names(model):
     Returns:
       list of str, e.g. ["CONV_2D", "MAX_POOL_2D", ..., "ARG_MAX"].
     """
+    return [op["op_name"] for op in _interpreter(model)._get_ops_details()]
+
+
+def _interpreter(model):
     from ai_edge_litert.interpreter import Interpreter
 
     if isinstance(model, (str, os.PathLike)):
-        interpreter = Interpreter(model_path=str(model))
-    else:
-        interpreter = Interpreter(model_content=bytes(model))
-    return [op["op_name"] for op in interpreter._get_ops_details()]
+        return Interpreter(model_path=str(model))
+    return Interpreter(model_content=bytes(model))
+
+
+def gpu_delegate_report(model):
+    """What the TFLite GPU delegate can take of a model.
+
+    Two views, because the first is optimistic:
+
+    * TensorFlow's own check, `tf.lite.experimental.Analyzer` with
+      gpu_compatibility=True (its verdict line and any per-op warnings);
+    * the ops whose output shape is only known at run time (a -1 in the
+      tensor's shape signature). The GPU delegate needs static shapes, so
+      these ops, and what depends on them, stay on the CPU. For the dense
+      CRF that is the lattice (UNIQUE and everything sized by the number of
+      lattice points); the network, upsampling and the CRF's spatial
+      kernel are static.
+
+    Args:
+      model: path to a .tflite file, or its bytes.
+
+    Returns:
+      dict: "analyzer_compatible" (bool), "analyzer_messages" (list of str),
+      "dynamic_ops" (sorted op names with a run-time output shape),
+      "num_dynamic_ops" / "num_ops" (counts of op instances).
+    """
+    from tensorflow.lite.python.analyzer_wrapper import _pywrap_analyzer_wrapper
+
+    content = Path(model).read_bytes() if isinstance(model, (str, os.PathLike)) else bytes(model)
+    text = _pywrap_analyzer_wrapper.ModelAnalyzer(content, False, True)
+    messages = [line.strip() for line in text.splitlines() if "GPU" in line]
+    interpreter = _interpreter(content)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    dynamic = [op["op_name"] for op in ops
+               if any(-1 in tensors[i]["shape_signature"] for i in op["outputs"] if i in tensors)]
+    return {
+        "analyzer_compatible": any("looks compatible with GPU delegate" in m for m in messages),
+        "analyzer_messages": messages,
+        "dynamic_ops": sorted(set(dynamic)),
+        "num_dynamic_ops": len(dynamic),
+        "num_ops": len(ops),
+    }
 
 
 def check_ops(op_names):
@@ -310,7 +353,7 @@ def export_tflite(model, path, *, size=DEFAULT_SIZE, quantization="float32", crf
         model, crf, format="tflite",
         quantization=quantization, input={"images": f"float32 [1, {size[0]}, {size[1]}, 3] RGB 0-255"},
         outputs=["labels", "logits"] + (["probabilities"] if include_probabilities else []),
-        ops=sorted(set(ops))))
+        ops=sorted(set(ops)), gpu_delegate=gpu_delegate_report(data)))
     return path
 
 
@@ -324,13 +367,7 @@ def run_tflite(model, images):
     Returns:
       dict of stacked outputs, e.g. labels int32 [N, H, W].
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    if isinstance(model, (str, os.PathLike)):
-        interpreter = Interpreter(model_path=str(model))
-    else:
-        interpreter = Interpreter(model_content=bytes(model))
-    runner = interpreter.get_signature_runner("serving_default")
+    runner = _interpreter(model).get_signature_runner("serving_default")
     outputs = {}
     for image in np.asarray(images, np.float32):
         for key, value in runner(images=image[None]).items():
