@@ -80,6 +80,9 @@ def main(argv=None):
     parser.add_argument("--onnx", action="store_true", help="also time the tf2onnx graph in ONNX Runtime")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT / ONNX Runtime threads")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top 5 op types by time for TF (TF profiler) and, with "
+                             "--onnx, ONNX Runtime (its profiler)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1. Received: {args.repeats}")
@@ -148,6 +151,8 @@ def main(argv=None):
     print(f"peak RSS added: ours first run (incl. tracing) {mem_ours.added / 2**20:.0f} MiB, "
           f"ours steady {mem_ours_steady.added / 2**20:.0f} MiB, pydensecrf {mem_ref.added / 2**20:.0f} MiB; "
           f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+    if args.profile:
+        _print_top("tf", _tf_op_profile(run_ours))
     if args.tflite:
         _time_tflite(args, image, logits, q_ours, run_ref, target=None)
         _time_tflite(args, image, logits, q_ours, run_ref, target="tflite")
@@ -224,9 +229,80 @@ def _time_onnx(args, image, logits, q_tf, run_ref):
         result["q"] = session.run(None, feeds)[0][0]
 
     med, ref = _side_by_side(args, invoke, run_ref)
+    if args.profile:
+        _print_top("onnx", _onnx_op_profile(ort, model, feeds, args.threads))
     print(f"onnx (plain trace, tf2onnx opset 17, onnxruntime {ort.__version__}, {args.threads} threads): "
           f"convert {convert_s:.1f} s, run median {med:.3f} s vs pydensecrf {ref:.3f} s: ratio {med / ref:.2f}; "
           f"label agreement with TF {np.mean(result['q'].argmax(-1) == q_tf.argmax(-1)) * 100:.3f} %")
+
+
+# Events that only wrap other ops (function calls) would count their ops twice.
+_WRAPPERS = {"PartitionedCall", "StatefulPartitionedCall", "__inference", "While", "If"}
+
+
+def _tf_op_profile(run):
+    """Seconds per TF op type over one run (TF profiler, summed over threads)."""
+    import glob
+    import shutil
+    import tempfile
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp()
+    tf.profiler.experimental.start(logdir)
+    try:
+        run()
+    finally:
+        tf.profiler.experimental.stop()
+    totals = {}
+    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            for line in plane.lines:
+                for event in line.events:
+                    name = plane.event_metadata[event.metadata_id].name
+                    # TF ops are "scope/name:Type"; skip runtime events such as
+                    # "ExecutorState::Process" or "EagerExecute: __inference_...".
+                    if name.count(":") != 1 or " " in name:
+                        continue
+                    kind = name.rsplit(":", 1)[-1]
+                    if not kind[:1].isupper():
+                        continue
+                    if kind not in _WRAPPERS:
+                        totals[kind] = totals.get(kind, 0.0) + event.duration_ps * 1e-12
+    shutil.rmtree(logdir, ignore_errors=True)
+    return totals
+
+
+def _onnx_op_profile(ort, model, feeds, threads):
+    """Seconds per ONNX op type over one run (ONNX Runtime's profiler)."""
+    import json
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)  # warm-up, profiled too: read only the last run below
+    session.run(None, feeds)
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    runs = [e for e in events if e.get("name") == "model_run"]
+    start = runs[-1]["ts"] if runs else 0
+    totals = {}
+    for event in events:
+        kind = event.get("args", {}).get("op_name")
+        if event.get("cat") == "Node" and kind and event["ts"] >= start and event["name"].endswith("_kernel_time"):
+            totals[kind] = totals.get(kind, 0.0) + event["dur"] * 1e-6
+    return totals
+
+
+def _print_top(form, totals, count=5):
+    total = sum(totals.values()) or 1.0
+    top = sorted(totals.items(), key=lambda kv: -kv[1])[:count]
+    print(f"{form} op profile, top {count} of {total:.3f} s of op time: "
+          + ", ".join(f"{kind} {sec:.3f} s ({sec / total * 100:.0f} %)" for kind, sec in top))
 
 
 if __name__ == "__main__":
