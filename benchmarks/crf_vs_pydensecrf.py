@@ -80,6 +80,8 @@ def main(argv=None):
     parser.add_argument("--onnx", action="store_true", help="also time the tf2onnx graph in ONNX Runtime")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT / ONNX Runtime threads")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--downsample", type=int, default=1,
+                        help="ours with DenseCRF(downsample=N), the approximate faster mode (TF only)")
     parser.add_argument("--profile", action="store_true",
                         help="print the top 5 op types by time for TF (TF profiler) and, with "
                              "--onnx, ONNX Runtime (its profiler)")
@@ -95,7 +97,8 @@ def main(argv=None):
     @tf.function(input_signature=[tf.TensorSpec([1, args.height, args.width, 3], tf.uint8),
                                   tf.TensorSpec([1, args.height, args.width, args.classes], tf.float32)])
     def ours(images, logits):
-        return dense_crf(images, logits, implementation=args.implementation, **SETTINGS)
+        return dense_crf(images, logits, implementation=args.implementation, downsample=args.downsample,
+                         **SETTINGS)
 
     if args.device == "gpu":
         if not tf.config.list_physical_devices("GPU"):
@@ -135,7 +138,7 @@ def main(argv=None):
     import resource
 
     print(f"image {args.height}x{args.width}, {args.classes} classes, {SETTINGS['iterations']} iterations, "
-          f"implementation={args.implementation}, tf {tf.__version__}, "
+          f"implementation={args.implementation}, downsample={args.downsample}, tf {tf.__version__}, "
           f"threads intra={tf.config.threading.get_intra_op_parallelism_threads()} (0 = all cores), "
           f"cpus={os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
     print(f"ours        median {med_ours:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in times_ours)})")

@@ -309,3 +309,46 @@ class TestKerasLayer:
         feed = [image[None], coarse_logits(labels, 3)[None]]
         np.testing.assert_allclose(loaded.predict(feed, verbose=0), model.predict(feed, verbose=0), atol=1e-6)
         assert loaded.get_layer("crf").get_config() == model.get_layer("crf").get_config()
+
+
+class TestDownsampledMode:
+    """downsample=f: mean field at 1/f resolution, pairwise term upsampled (never the default)."""
+
+    def test_close_to_the_full_crf_and_still_better_than_the_unary(self, scene):
+        image, labels, logits, num_classes = scene
+        full = ours(image, logits, **V2)
+        unary_miou = mean_iou(logits.argmax(-1), labels, num_classes)
+        agreements = []
+        for refine in (0, 1):
+            half = ours(image, logits, **V2, downsample=2, refine_iterations=refine)
+            assert half.shape == full.shape
+            np.testing.assert_allclose(half.sum(-1), 1.0, atol=1e-5)
+            agreements.append(np.mean(half.argmax(-1) == full.argmax(-1)))
+            assert mean_iou(half.argmax(-1), labels, num_classes) > unary_miou + 0.01
+        # An approximation, not the same computation; one full-resolution
+        # iteration brings it closer to the exact CRF.
+        assert 0.97 <= agreements[0] < agreements[1] < 1.0, agreements
+        assert agreements[1] >= 0.99, agreements
+
+    def test_odd_sizes_graph_mode_and_config(self):
+        image, labels = make_scene(37, 51, 3, seed=12)
+        logits = coarse_logits(labels, 3)
+        layer = DenseCRF(iterations=3, downsample=3)
+        eager = layer(image[None], logits[None]).numpy()
+        spec = (tf.TensorSpec([1, None, None, 3], tf.uint8), tf.TensorSpec([1, None, None, 3], tf.float32))
+        graph = tf.function(layer, input_signature=spec)(image[None], logits[None]).numpy()
+        assert eager.shape == (1, 37, 51, 3)
+        np.testing.assert_allclose(graph, eager, atol=1e-4)  # float32 rounding over 4 iterations
+        assert DenseCRF.from_config(layer.get_config()).downsample == 3
+        assert DenseCRF().downsample == 1  # the exact CRF is the default
+
+    def test_bad_refine_iterations_is_refused_by_name(self):
+        with pytest.raises(ValueError, match="refine_iterations"):
+            DenseCRF(downsample=2, refine_iterations=-1)
+
+    @pytest.mark.parametrize("bad", [0, -2, 1.5, float("inf"), True, "2"])
+    def test_bad_downsample_is_refused_by_name(self, bad):
+        with pytest.raises(ValueError, match="downsample"):
+            DenseCRF(downsample=bad)
+        with pytest.raises(ValueError, match="downsample"):
+            dense_crf(tf.zeros([1, 8, 8, 3]), tf.zeros([1, 8, 8, 2]), downsample=bad)

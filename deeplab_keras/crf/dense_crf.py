@@ -41,11 +41,19 @@ _NORM_EPS = 1e-20
 
 # The mean-field parameters shared by `dense_crf`, `DenseCRF` and its config.
 _PARAM_NAMES = ("iterations", "spatial_weight", "spatial_sigma", "bilateral_weight",
-                "bilateral_spatial_sigma", "bilateral_color_sigma")
+                "bilateral_spatial_sigma", "bilateral_color_sigma", "downsample",
+                "refine_iterations")
 
 
 def _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
-                  bilateral_spatial_sigma, bilateral_color_sigma):
+                  bilateral_spatial_sigma, bilateral_color_sigma, downsample=1, refine_iterations=1):
+    if isinstance(refine_iterations, bool) or not isinstance(refine_iterations, numbers.Integral) \
+            or refine_iterations < 0:
+        raise ValueError(f"`refine_iterations` must be a non-negative integer. "
+                         f"Received: refine_iterations={refine_iterations!r}")
+    if isinstance(downsample, bool) or not isinstance(downsample, numbers.Real) or not math.isfinite(downsample) \
+            or downsample != int(downsample) or downsample < 1:
+        raise ValueError(f"`downsample` must be an integer >= 1 (1 = full resolution). Received: downsample={downsample!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
         raise ValueError(f"`iterations` must be a non-negative integer. Received: iterations={iterations!r}")
     for name, value in (("spatial_weight", spatial_weight), ("bilateral_weight", bilateral_weight)):
@@ -169,7 +177,7 @@ def _bilateral_features(images, bilateral_spatial_sigma, bilateral_color_sigma):
 @tf.autograph.experimental.do_not_convert
 def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1.0,
               bilateral_weight=4.0, bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0,
-              implementation="auto"):
+              implementation="auto", downsample=1, refine_iterations=1):
     """Mean-field inference in the fully connected CRF, matching pydensecrf.
 
     Equivalent pydensecrf calls, per image (the reference, up to float32
@@ -210,6 +218,18 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
             and no ONNX conversion; "portable" uses gather / scatter-add only;
             "tflite" is "portable" with a splat (`tf.scatter_nd`) that LiteRT
             runs faster and tf2onnx converts wrongly. All give the same numbers.
+        downsample: 1 (default) is the CRF above. An integer f > 1 is an
+            approximate, faster mode, never the default: images and logits
+            are average-pooled by f (SAME padding), mean field runs at that
+            resolution with both spatial sigmas divided by f, and the last
+            iteration's pairwise term is upsampled bilinearly and added to
+            the full-resolution unary; then `refine_iterations` iterations
+            run at full resolution from that Q, which puts the edges back
+            on the pixel grid. At 375x500x21 (DeepLab v2 settings) f=2 with
+            1 refine iteration took 0.40x pydensecrf's time against 0.76x
+            for the exact CRF, with 99.8 % of its labels (benchmarks/RESULTS.md).
+        refine_iterations: full-resolution iterations after a downsampled
+            run (>= 0; ignored when downsample is 1).
 
     Returns:
         float32 [B, H, W, C] marginals Q (sum to 1 over C); argmax gives labels.
@@ -230,7 +250,7 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
         >>> labels = tf.argmax(probs, axis=-1)   # [1, 48, 64]
     """
     _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
-                  bilateral_spatial_sigma, bilateral_color_sigma)
+                  bilateral_spatial_sigma, bilateral_color_sigma, downsample, refine_iterations)
     resolved = _resolve_implementation(implementation)
     images = tf.convert_to_tensor(images)
     logits = tf.convert_to_tensor(logits)
@@ -250,7 +270,8 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
     images = tf.clip_by_value(tf.stop_gradient(tf.cast(images, tf.float32)), 0.0, 255.0)
     params = dict(iterations=iterations, spatial_weight=spatial_weight, spatial_sigma=spatial_sigma,
                   bilateral_weight=bilateral_weight, bilateral_spatial_sigma=bilateral_spatial_sigma,
-                  bilateral_color_sigma=bilateral_color_sigma)
+                  bilateral_color_sigma=bilateral_color_sigma, downsample=int(downsample),
+                  refine_iterations=int(refine_iterations))
     lattice_used = iterations > 0 and bilateral_weight > 0
     if implementation == "auto" and resolved == "sparse" and lattice_used and not tf.executing_eagerly():
         return _picked_by_device(images, logits, params)
@@ -287,12 +308,29 @@ def _picked_by_device(images, logits, params):
 # autograph's source conversion makes tracing ~4x faster.
 @tf.autograph.experimental.do_not_convert
 def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilateral_weight,
-                bilateral_spatial_sigma, bilateral_color_sigma, implementation):
-    """The inference itself, on checked float32 images (0-255) and logits."""
+                bilateral_spatial_sigma, bilateral_color_sigma, implementation, downsample=1,
+                refine_iterations=1, pairwise_only=False, initial_q=None):
+    """The inference itself, on checked float32 images (0-255) and logits.
+
+    With pairwise_only, returns the last iteration's pairwise term (what is
+    added to the unary before the final softmax) instead of Q.
+    """
+    if downsample > 1 and iterations > 0 and (spatial_weight > 0 or bilateral_weight > 0):
+        f = int(downsample)
+        pooled = [tf.nn.avg_pool2d(x, f, f, "SAME") for x in (images, logits)]
+        pairwise = _mean_field(*pooled, iterations, spatial_weight, spatial_sigma / f, bilateral_weight,
+                               bilateral_spatial_sigma / f, bilateral_color_sigma, implementation,
+                               pairwise_only=True)
+        pairwise = tf.image.resize(pairwise, tf.shape(logits)[1:3], method="bilinear")
+        q = tf.nn.softmax(tf.nn.log_softmax(logits, axis=-1) + pairwise, axis=-1)
+        if refine_iterations == 0:
+            return q
+        return _mean_field(images, logits, refine_iterations, spatial_weight, spatial_sigma, bilateral_weight,
+                           bilateral_spatial_sigma, bilateral_color_sigma, implementation, initial_q=q)
     shape = tf.shape(logits)
     num_classes = shape[3]
     unary = tf.nn.log_softmax(logits, axis=-1)  # -U, [B, H, W, C]
-    q = tf.nn.softmax(unary, axis=-1)
+    q = tf.nn.softmax(unary, axis=-1) if initial_q is None else initial_q
     if iterations == 0 or (spatial_weight == 0 and bilateral_weight == 0):
         return q
 
@@ -319,12 +357,14 @@ def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilat
         spatial_norm = tf.math.rsqrt(spatial_filter(ones, spatial_sigma) + _NORM_EPS)  # [1, H, W, 1]
         spatial_post = np.float32(spatial_weight) * spatial_norm
 
-    for _ in range(iterations):
+    for step in range(iterations):
         terms = [unary]
         if spatial_weight > 0:
             terms.append(spatial_post * spatial_filter(q * spatial_norm, spatial_sigma))
         if bilateral_weight > 0:
             terms.append(tf.reshape(lattice_filter(bilateral, tf.reshape(q, flat)), shape))
+        if pairwise_only and step == iterations - 1:
+            return tf.add_n(terms[1:])
         q = tf.nn.softmax(tf.add_n(terms), axis=-1)
     return q
 
@@ -352,9 +392,10 @@ class DenseCRF(keras.layers.Layer):
     """
 
     def __init__(self, iterations=10, spatial_weight=3.0, spatial_sigma=1.0, bilateral_weight=4.0,
-                 bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0, implementation="auto", **kwargs):
+                 bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0, implementation="auto",
+                 downsample=1, refine_iterations=1, **kwargs):
         _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
-                      bilateral_spatial_sigma, bilateral_color_sigma)
+                      bilateral_spatial_sigma, bilateral_color_sigma, downsample, refine_iterations)
         _resolve_implementation(implementation)
         super().__init__(**kwargs)
         self.implementation = implementation
@@ -364,6 +405,8 @@ class DenseCRF(keras.layers.Layer):
         self.bilateral_weight = float(bilateral_weight)
         self.bilateral_spatial_sigma = float(bilateral_spatial_sigma)
         self.bilateral_color_sigma = float(bilateral_color_sigma)
+        self.downsample = int(downsample)
+        self.refine_iterations = int(refine_iterations)
 
     def _params(self):
         """The mean-field parameters, as `dense_crf` takes them."""

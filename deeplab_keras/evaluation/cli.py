@@ -72,7 +72,7 @@ def _parse_crf_params(text):
             raise ValueError(f"--crf-params items are key=value. Received: {item!r}")
         key, value = item.split("=", 1)
         try:
-            params[key.strip()] = int(value) if key.strip() == "iterations" else float(value)
+            params[key.strip()] = int(value) if key.strip() in ("iterations", "refine_iterations", "downsample") else float(value)
         except ValueError:
             raise ValueError(f"--crf-params {key}: not a number. Received: {value!r}") from None
     return params
