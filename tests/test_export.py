@@ -430,6 +430,7 @@ def test_cli_writes_formats_prints_ops_and_sizes(model, tmp_path, capsys):
     tflite = tmp_path / "out/tiny/tflite/tiny_65x81_float32.tflite"
     assert "CONV_2D x16" in out and "SPACE_TO_BATCH_ND" not in out
     assert f"({os.path.getsize(tflite)} bytes)" in out
+    assert "GPU delegate: analyzer compatible; all shapes static" in out
     # The exported file is the checkpoint's model.
     images = np.random.default_rng(0).uniform(0, 255, (2, 65, 81, 3)).astype(np.float32)
     result = checks.compare_outputs(checks.reference_outputs(model, images),

@@ -47,15 +47,12 @@ _PARAM_NAMES = ("iterations", "spatial_weight", "spatial_sigma", "bilateral_weig
 
 def _check_params(iterations, spatial_weight, spatial_sigma, bilateral_weight,
                   bilateral_spatial_sigma, bilateral_color_sigma, downsample=1, refine_iterations=1):
-    if isinstance(refine_iterations, bool) or not isinstance(refine_iterations, numbers.Integral) \
-            or refine_iterations < 0:
-        raise ValueError(f"`refine_iterations` must be a non-negative integer. "
-                         f"Received: refine_iterations={refine_iterations!r}")
+    for name, value in (("iterations", iterations), ("refine_iterations", refine_iterations)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"`{name}` must be a non-negative integer. Received: {name}={value!r}")
     if isinstance(downsample, bool) or not isinstance(downsample, numbers.Real) or not math.isfinite(downsample) \
             or downsample != int(downsample) or downsample < 1:
         raise ValueError(f"`downsample` must be an integer >= 1 (1 = full resolution). Received: downsample={downsample!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-        raise ValueError(f"`iterations` must be a non-negative integer. Received: iterations={iterations!r}")
     for name, value in (("spatial_weight", spatial_weight), ("bilateral_weight", bilateral_weight)):
         if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                 or not math.isfinite(value) or value < 0):

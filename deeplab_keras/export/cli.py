@@ -21,6 +21,7 @@ The TFLite op list and every file size are printed. Exit status 0 on success,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -212,7 +213,7 @@ def run_export(args):
     for fmt, path in planned.items():
         t0 = time.perf_counter()
         if fmt.startswith("tflite_"):
-            from deeplab_keras.export.tflite import export_tflite, gpu_delegate_report, tflite_op_names
+            from deeplab_keras.export.tflite import export_tflite, tflite_op_names
 
             calibration = None
             if fmt == "tflite_int8":
@@ -229,7 +230,7 @@ def run_export(args):
             print(f"{fmt:<13}{path}  {describe_size(path)}  "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
             print(f"  ops: {format_op_list(tflite_op_names(path))}", flush=True)
-            gpu = gpu_delegate_report(path)
+            gpu = json.loads(Path(f"{path}.json").read_text())["gpu_delegate"]  # export_tflite's report
             on_cpu = (f"{gpu['num_dynamic_ops']} of {gpu['num_ops']} ops have run-time shapes and stay "
                       f"on the CPU ({', '.join(gpu['dynamic_ops'])})" if gpu["dynamic_ops"]
                       else "all shapes static")
