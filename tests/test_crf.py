@@ -151,14 +151,41 @@ class TestPydensecrfParity:
 
     def test_lattice_structures_agree(self, scene):
         # The sparse form finds blur neighbours by binary search, the
-        # portable forms by tf.unique: the tables must be identical.
+        # portable form by tf.unique: the tables must be identical. The
+        # "tflite" form numbers lattice points in key order (it sorts with
+        # TOPK_V2 instead of UNIQUE): the same structure up to renumbering.
         image = scene[0]
         features = _bilateral_features(tf.constant(image[None], tf.float32), 67.0, 3.0)
         sparse = build_lattice(features, implementation="sparse")
         portable = build_lattice(features, implementation="portable")
-        assert int(sparse.num_points) == int(portable.num_points) > 1000
+        tflite = build_lattice(features, implementation="tflite")
+        num_points = int(sparse.num_points)
+        assert num_points == int(portable.num_points) == int(tflite.num_points) > 1000
         np.testing.assert_array_equal(sparse.neighbours.numpy(), portable.neighbours.numpy())
         np.testing.assert_array_equal(sparse.offsets.numpy(), portable.offsets.numpy())
+        s_off, t_off = sparse.offsets.numpy().ravel(), tflite.offsets.numpy().ravel()
+        to_sparse = np.full(num_points + 1, -1)
+        to_sparse[t_off] = s_off
+        to_sparse[num_points] = num_points  # the zero row stays the zero row
+        np.testing.assert_array_equal(to_sparse[t_off], s_off)  # one renumbering for all vertices
+        assert sorted(to_sparse[:num_points]) == list(range(num_points))  # ... and a permutation
+        mapped = np.empty_like(sparse.neighbours.numpy())
+        mapped[:, to_sparse] = to_sparse[tflite.neighbours.numpy()]
+        np.testing.assert_array_equal(mapped, sparse.neighbours.numpy())
+        assert (tflite.neighbours.numpy()[:, :num_points] < num_points).mean() > 0.5  # most exist
+
+    def test_sorted_unique_is_exact_for_keys_beyond_float32(self):
+        # The "tflite" form sorts int64 keys; keys that differ only past
+        # float32's 24-bit mantissa must stay apart (tf2onnx's TopK casts to
+        # float32 and would merge them, which is why "portable" keeps Unique).
+        from deeplab_keras.crf.permutohedral import _sorted_unique
+
+        keys = tf.constant([2**40 + 3, 5, 2**40 + 1, 5, 2**40 + 3, 2**40, 0, 2**40 + 1], tf.int64)
+        points, index = _sorted_unique(keys)
+        np.testing.assert_array_equal(points.numpy(), [0, 5, 2**40, 2**40 + 1, 2**40 + 3])
+        np.testing.assert_array_equal(tf.gather(points, index).numpy(), keys.numpy())
+        empty_points, empty_index = _sorted_unique(tf.zeros([0], tf.int64))
+        assert empty_points.shape == (0,) and empty_index.shape == (0,)
 
     def test_many_classes_take_the_chunked_sparse_filter(self):
         # >= 32 classes run the sparse filter in column chunks (the kernel's
