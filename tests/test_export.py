@@ -392,11 +392,11 @@ def test_crf_in_tflite_and_onnx_matches_tensorflow(model, val_set, tmp_path):
     ref = checks.reference_outputs(model, images, crf=crf)
     tfl = export_tflite(model, tmp_path / "crf.tflite", size=size, crf=crf)
     check_ops(tflite_op_names(tfl))
-    # GPU delegate: the lattice (its points are the WHERE of the sorted keys'
-    # run starts, and what their number shapes) has run-time shapes, which
-    # the delegate cannot take; the report says so and the sidecar records it.
+    # GPU delegate: the lattice (its points come from UNIQUE, and what their
+    # number shapes) has run-time shapes, which the delegate cannot take; the
+    # report says so and the sidecar records it.
     report = gpu_delegate_report(tfl)
-    assert "WHERE" in report["dynamic_ops"] and 0 < report["num_dynamic_ops"] < report["num_ops"]
+    assert "UNIQUE" in report["dynamic_ops"] and 0 < report["num_dynamic_ops"] < report["num_ops"]
     assert "CONV_2D" not in report["dynamic_ops"] and report["analyzer_messages"]
     sidecar = json.loads(Path(f"{tfl}.json").read_text())
     assert sidecar["gpu_delegate"]["dynamic_ops"] == report["dynamic_ops"]

@@ -23,19 +23,20 @@ is built once per image from the features by `build_lattice`; only
 * "tflite": as "portable", but the splat is `tf.scatter_nd` into zeros, which
   TFLite runs as one SCATTER_ND (summing repeated indices, like TF), where it
   expands `tensor_scatter_nd_add` into GATHER_ND + two SCATTER_NDs: the CRF
-  alone runs 1.4x faster in LiteRT; it also deduplicates the lattice keys
-  by sorting (TOPK_V2) instead of UNIQUE. Not for tf2onnx, whose ScatterNd
+  alone runs 1.4x faster in LiteRT. Not for tf2onnx, whose ScatterNd
   handler emits ScatterND without reduction, which keeps only one of the
-  repeated indices, and whose TopK handler casts int64 keys to float32.
+  repeated indices.
 
 The structure itself uses only ops that convert to TFLite builtins and ONNX:
 
 * lattice points are identified by an int64 mixed-radix hash of their integer
   coordinates and deduplicated with `tf.unique` (TFLite UNIQUE, ONNX Unique);
-* the blur neighbours are found (portable forms) with a second `tf.unique` over the lattice
-  keys followed by the neighbours' keys: `tf.unique` keeps the order of first
-  occurrence (TF, TFLite and ONNX `sorted=0` all document this), so a neighbour
-  exists iff its index is below the number of lattice points;
+* the blur neighbours are found (portable forms) in a hash table of the
+  lattice keys built with scatter-adds (bucket = key mod a prime; a bucket
+  with one point names it), and only the queries that land in a shared bucket
+  go to a small `tf.unique`: a `tf.unique` over all (d+1)M neighbour keys
+  took 30 % of the CRF's time in ONNX Runtime; the sparse form binary-searches
+  the sorted keys instead (searchsorted, TF only);
 * the portable splat is `tf.tensor_scatter_nd_add` (TFLite SCATTER_ND, ONNX
   ScatterND with reduction="add"), not `unsorted_segment_sum`, which tf2onnx
   lowers to a sort plus a dense [points x max-count] grid.
@@ -287,18 +288,13 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     rem0, rank, weights = _enclosing_simplex(elevated, d)
     key_hash, deltas = _key_hash(rem0, rank, image_ids, d)  # [P, d+1]
 
+    points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
+    num_points = tf.shape(points)[0]
     if implementation == "sparse":
-        points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
-        num_points = tf.shape(points)[0]
         neighbours = _blur_neighbours_by_search(points, deltas, num_points, d)
-    elif implementation == "tflite":
-        points, vertex_index = _sorted_unique(tf.reshape(key_hash, [-1]))
-        num_points = tf.shape(points)[0]
-        neighbours = _blur_neighbours_by_sorting(points, deltas, num_points, d)
     else:
-        points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
-        num_points = tf.shape(points)[0]
-        neighbours = _blur_neighbours(points, deltas, num_points, d)
+        neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d,
+                                                 summing_scatter=implementation == "tflite")
     offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
     lattice = Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points,
                       summing_scatter=implementation == "tflite")
@@ -343,84 +339,6 @@ def scale_lattice(lattice, pre_scale=None, post_scale=None):
     return lattice._replace(splat_matrix=splat, slice_matrix=sliced)
 
 
-def _ascending(keys):
-    """(keys sorted ascending, the permutation that sorts them), by one TopK.
-
-    A full sort as `top_k(-keys, k=n)`, one TFLite TOPK_V2 (`tf.argsort`
-    and `tf.sort` add ops around it). Keys are int64 in [0, 2^63).
-    """
-    negated, order = tf.math.top_k(-keys, k=tf.shape(keys)[0])
-    return -negated, order
-
-
-def _sorted_unique(keys):
-    """`tf.unique` with the unique keys in ascending order, by sorting.
-
-    The "tflite" implementation only. LiteRT's TOPK_V2 sorts int64 exactly
-    and with the neighbour search below (one more sort instead of a second
-    UNIQUE) the CRF alone ran 1.19x pydensecrf's time at 375x500x21, against
-    1.37x with UNIQUE. Not for ONNX: tf2onnx casts TopK's input to float32,
-    which merges keys above 2^24 (at 375x500 the lattice shrank from 121140
-    to 27300 points, silently), so the "portable" form keeps `tf.unique`.
-
-    A run of equal keys in the sorted order is one lattice point; `cumsum`
-    numbers the runs and the inverse permutation (a scatter with distinct
-    indices) takes the numbers back to the keys.
-
-    Returns:
-        (points int64 [M] ascending, index int32 [n] with keys = points[index]).
-    """
-    ascending, order = _ascending(keys)
-    # ascending[:1] + 1 differs from ascending[0]; an empty input stays empty.
-    previous = tf.concat([ascending[:1] + 1, ascending[:-1]], axis=0)
-    starts = tf.not_equal(ascending, previous)
-    run = tf.cumsum(tf.cast(starts, tf.int32)) - 1
-    points = tf.gather(ascending, tf.reshape(tf.where(starts), [-1]))
-    index = tf.scatter_nd(order[:, None], run, tf.shape(keys))
-    return points, index
-
-
-def _blur_neighbours_by_sorting(points, deltas, num_points, d):
-    """`_blur_neighbours` for ascending `points` (`_sorted_unique`), by one sort.
-
-    `points` must be ascending (`_sorted_unique`). The "+" neighbour keys of
-    every point along every direction are sorted together with the points
-    (codes 2 key for points, 2 key + 1 for queries, so a point sorts just
-    before the queries of its own key): a query has a neighbour iff the last
-    point at or before it in that order has its key, and since the points
-    are ascending that point's index is the number of points seen so far,
-    minus 1 (a cumsum). TOPK_V2, CUMSUM, GATHER and a SCATTER_ND with
-    distinct indices: TFLite builtins, no searchsorted. The "-" table is the
-    inverse of the "+" table, as in `_blur_neighbours`.
-    """
-    step = tf.stack(deltas)[:, None]  # [d+1, 1]
-    codes = tf.concat([points * 2, tf.reshape((points[None] + step) * 2 + 1, [-1])], axis=0)
-    ascending, order = _ascending(codes)
-    seen = tf.cumsum(tf.cast(order < num_points, tf.int32))  # points at or before each position
-    candidate = tf.maximum(seen - 1, 0)
-    matched = (seen > 0) & tf.equal(tf.gather(points, candidate) * 2 + 1, ascending)
-    found_at = tf.where(matched, candidate, num_points)
-    query_index = tf.scatter_nd(order[:, None], found_at, tf.shape(codes))
-    return _with_minus_neighbours(tf.reshape(query_index[num_points:], tf.stack([d + 1, num_points])),
-                                  num_points, d)
-
-
-def _blur_neighbours(points, deltas, num_points, d):
-    """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists.
-
-    Only the "+" neighbours are looked up: B is the "-" neighbour of A along
-    direction j exactly when A is the "+" neighbour of B, so the "-" table is
-    the inverse of the "+" table (a scatter). This halves the lookups.
-    """
-    queries = [points] + [points + dj for dj in deltas]
-    _, query_index = tf.unique(tf.concat(queries, axis=0))
-    # tf.unique keeps the order of first occurrence (so do TFLite UNIQUE and
-    # ONNX Unique with sorted=0): the M lattice points keep indices 0..M-1 and
-    # every key outside the lattice gets an index >= M.
-    plus = tf.reshape(query_index[num_points:], tf.stack([d + 1, num_points]))
-    return _with_minus_neighbours(tf.where(plus < num_points, plus, num_points), num_points, d)
-
-
 def _with_minus_neighbours(plus, num_points, d):
     """The [d+1, M+1, 2] table from the "+" table [d+1, M] (M = none)."""
     found = plus < num_points
@@ -437,13 +355,79 @@ def _with_minus_neighbours(plus, num_points, d):
     return tf.concat([found, sentinel], axis=1)
 
 
-def _blur_neighbours_by_search(points, deltas, num_points, d):
-    """`_blur_neighbours` by binary search in the sorted keys (same table).
+# Size of the open-addressing-free hash table of `_blur_neighbours_by_hashing`:
+# a prime, so the mixed-radix keys spread over its buckets (at 375x500 about
+# 3 % of the 121140 lattice points share a bucket).
+_TABLE_SIZE = 4194301
 
-    TensorFlow only (searchsorted has no TFLite builtin; the sparse form
-    never converts anyway): sorting the M keys and searching the 2(d+1)M
-    neighbour keys takes half the time of the second `tf.unique` (60 vs
-    124 ms at 375x500).
+
+def _blur_neighbours_by_hashing(points, deltas, num_points, d, summing_scatter=False):
+    """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists.
+
+    The portable forms' search, by a hash table built with scatter-adds.
+    Only the "+" neighbours are looked up: B is the "-" neighbour of A along
+    direction j exactly when A is the "+" neighbour of B, so the "-" table is
+    the inverse of the "+" table (`_with_minus_neighbours`).
+
+    Bucket b = key mod `_TABLE_SIZE` holds the number of lattice points that
+    fall in it and the sum of their indices + 1: where exactly one point
+    does, that sum names it, and one gather and a key comparison decide each
+    "+" query. Only the queries that land in a shared bucket go to a (small)
+    `tf.unique`, together with the points of the shared buckets. Scatter-add
+    means the same in TF, TFLite and ONNX (ScatterND with reduction="add");
+    no int64 sort (tf2onnx casts TopK's input to float32) and no UNIQUE over
+    all the (d+1)M queries, which was the costliest op of the CRF in ONNX
+    Runtime (0.68 s per run at 375x500x21: a third of the queries miss, and
+    each miss is a hash-map insert). With this search the CRF alone ran 30 %
+    faster in ONNX Runtime and 20 % faster in LiteRT (portable form).
+    """
+    # A size known only at run time, so converters do not store the empty
+    # table as a 16 MiB constant (it is the prime below 268 M points).
+    size = tf.maximum(num_points // 64, _TABLE_SIZE)
+    shape = size[None]
+    own = tf.range(num_points)
+    bucket = tf.cast(tf.math.floormod(points, tf.cast(size, tf.int64)), tf.int32)[:, None]
+    if summing_scatter:
+        count = tf.scatter_nd(bucket, tf.ones_like(own), shape)
+        total = tf.scatter_nd(bucket, own + 1, shape)
+    else:
+        zeros = tf.zeros(shape, tf.int32)
+        count = tf.tensor_scatter_nd_add(zeros, bucket, tf.ones_like(own))
+        total = tf.tensor_scatter_nd_add(zeros, bucket, own + 1)
+    step = tf.stack(deltas)[:, None]  # [d+1, 1]
+    queries = tf.reshape(points[None] + step, [-1])  # [(d+1) M]
+    query_bucket = tf.cast(tf.math.floormod(queries, tf.cast(size, tf.int64)), tf.int32)
+    query_count = tf.gather(count, query_bucket)
+    candidate = tf.clip_by_value(tf.gather(total, query_bucket) - 1, 0, tf.maximum(num_points - 1, 0))
+    hit = tf.equal(query_count, 1) & tf.equal(tf.gather(points, candidate), queries)
+    plus = tf.where(hit, candidate, num_points)
+
+    # Shared buckets: tf.unique over their points followed by their queries.
+    # tf.unique keeps the order of first occurrence (so do TFLite UNIQUE and
+    # ONNX Unique with sorted=0): the shared points keep indices 0..S-1 and a
+    # query outside the lattice gets an index >= S.
+    shared = tf.reshape(tf.where(tf.gather(count, bucket[:, 0]) > 1), [-1])
+    shared = tf.cast(shared, tf.int32)
+    asked = tf.cast(tf.reshape(tf.where(query_count > 1), [-1]), tf.int32)
+    _, index = tf.unique(tf.concat([tf.gather(points, shared), tf.gather(queries, asked)], axis=0))
+    num_shared = tf.shape(shared)[0]
+    answer = index[num_shared:]
+    resolved = tf.where(answer < num_shared, tf.gather(shared, tf.minimum(answer, tf.maximum(num_shared - 1, 0))),
+                        num_points)
+    # Distinct indices: plain scatter (+1 so that 0 means "not asked").
+    resolved = tf.scatter_nd(asked[:, None], resolved + 1, tf.shape(queries)) - 1
+    plus = tf.where(query_count > 1, resolved, plus)
+    return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d)
+
+
+def _blur_neighbours_by_search(points, deltas, num_points, d):
+    """`_blur_neighbours_by_hashing` by binary search in the sorted keys.
+
+    The same table (tested); TensorFlow only (searchsorted has no TFLite
+    builtin; the sparse form never converts anyway). Sorting the M keys and
+    searching the 2(d+1)M neighbour keys takes half the time of a
+    `tf.unique` over the points and their neighbour keys (60 vs 124 ms at
+    375x500) and as long as the hash table (same CRF time in TF).
     """
     order = tf.argsort(points)
     keys = tf.gather(points, order)

@@ -133,7 +133,7 @@ def gpu_delegate_report(model):
     * the ops whose output shape is only known at run time (a -1 in the
       tensor's shape signature). The GPU delegate needs static shapes, so
       these ops, and what depends on them, stay on the CPU. For the dense
-      CRF that is the lattice (the WHERE over the sorted keys, and all
+      CRF that is the lattice (UNIQUE over the lattice keys, and all
       that the number of lattice points sizes); the network, upsampling and the CRF's spatial
       kernel are static.
 
