@@ -100,6 +100,32 @@ class TestExactness:
         assert np.all(ratio > 0.35) and np.all(ratio < 1.05), ratio
 
 
+    @pytest.mark.parametrize("kind", ["uniform", "integer_ties"])
+    def test_barycentric_weights_by_sort_equal_the_slot_definition(self, kind):
+        # The weights take by_slot as v sorted ascending; the reference's
+        # definition puts v_i at slot d - rank_i. Integer features make many
+        # equal residuals, where the rank's tie-break decides the slots.
+        from deeplab_keras.crf.permutohedral import _elevate, _enclosing_simplex
+
+        rs = np.random.RandomState(7)
+        d = 5
+        if kind == "uniform":
+            features = rs.uniform(-40.0, 40.0, (20000, d)).astype(np.float32)
+        else:
+            features = rs.randint(-6, 7, (20000, d)).astype(np.float32)
+        elevated = _elevate(tf.constant(features), d)
+        rem0, rank, weights = _enclosing_simplex(elevated, d)
+        v = (np.stack([e.numpy() for e in elevated], 1) - np.stack([r.numpy() for r in rem0], 1)) \
+            * np.float32(1.0 / (d + 1))
+        slot = (d - np.stack([r.numpy() for r in rank], 1)).astype(np.int64)
+        assert np.all(np.sort(slot, axis=1) == np.arange(d + 1)), "slots are not a permutation"
+        by_slot = np.zeros_like(v)
+        np.put_along_axis(by_slot, slot, v, axis=1)
+        expected = by_slot - np.roll(by_slot, 1, axis=1)
+        expected[:, 0] += 1.0
+        np.testing.assert_array_equal(weights.numpy(), expected)
+        assert weights.numpy().min() >= 0.0
+
 @pytest.fixture(scope="module")
 def scene():
     num_classes = 6

@@ -207,6 +207,31 @@ class TestCrfAlone:
         # 1 normalisation filter + 10 iterations: one ADD fewer per splat.
         assert counts["ADD"][0] <= counts["ADD"][1] - 11, counts
 
+    def test_converted_hash_table_resolves_shared_buckets(self, monkeypatch, sample):
+        # The blur-neighbour hash table is built with plain scatters, which
+        # sum repeated indices in TF and LiteRT and keep one of their values
+        # in ONNX Runtime. With a 7-bucket table nearly every bucket is
+        # shared, so both behaviours are exercised; the converted tables must
+        # equal the binary search's.
+        from deeplab_keras.crf import build_lattice, permutohedral
+        from deeplab_keras.crf.dense_crf import _bilateral_features
+
+        image = sample[0][:, :16, :20].astype(np.float32)
+        features = _bilateral_features(tf.constant(image), 5.0, 3.0)
+        expected = build_lattice(features, implementation="sparse").neighbours.numpy()
+        monkeypatch.setattr(permutohedral, "_TABLE_SIZE", 7)
+
+        @tf.function(input_signature=[tf.TensorSpec(features.shape, tf.float32, name="features")])
+        def neighbours(features):
+            return build_lattice(features, implementation="portable").neighbours
+
+        feeds = {"features": features.numpy()}
+        got_tflite, _ = _run_tflite(_tflite(neighbours), feeds)
+        got_onnx = _run_onnx(_onnx(neighbours), feeds)
+        assert expected.shape[1] > 100
+        np.testing.assert_array_equal(got_tflite, expected)
+        np.testing.assert_array_equal(got_onnx, expected)
+
     def test_explicit_sparse_graph_refuses_tflite_loudly(self):
         # implementation="sparse" uses SparseTensorDenseMatMul, which has no
         # builtin: conversion must fail, not silently need Flex.

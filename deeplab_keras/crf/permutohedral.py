@@ -31,8 +31,12 @@ The structure itself uses only ops that convert to TFLite builtins and ONNX:
 
 * lattice points are identified by an int64 mixed-radix hash of their integer
   coordinates and deduplicated with `tf.unique` (TFLite UNIQUE, ONNX Unique);
+* the simplex, its barycentric weights and the key hash are computed on
+  d + 1 separate [P] columns (static shapes, no gathers along a second axis)
+  and one row sort;
 * the blur neighbours are found (portable forms) in a hash table of the
-  lattice keys built with scatter-adds (bucket = key mod a prime; a bucket
+  lattice keys built with two plain scatters whose result does not depend on
+  how a runtime treats repeated indices (bucket = key mod a prime; a bucket
   with one point names it), and only the queries that land in a shared bucket
   go to a small `tf.unique`: a `tf.unique` over all (d+1)M neighbour keys
   took 30 % of the CRF's time in ONNX Runtime; the sparse form binary-searches
@@ -78,6 +82,11 @@ class Lattice(NamedTuple):
         pre_scale: float32 [P, 1] or None: the filter is
             post_scale * K (pre_scale * values) (see `scale_lattice`).
         post_scale: float32 [P, 1] or None.
+        splat_weights, slice_weights: float32 [P, d + 1] or None: the
+            portable forms' `weights * pre_scale` and
+            `weights * alpha * post_scale`, folded once by `scale_lattice`
+            (the sparse form's matrices hold the same products), which saves
+            two [P, C] products per filter.
         summing_scatter: the portable splat uses `tf.scatter_nd` (the
             "tflite" implementation) instead of `tf.tensor_scatter_nd_add`.
     """
@@ -91,6 +100,8 @@ class Lattice(NamedTuple):
     blur_matrices: object = None
     pre_scale: object = None
     post_scale: object = None
+    splat_weights: object = None
+    slice_weights: object = None
     summing_scatter: bool = False
 
 
@@ -104,12 +115,20 @@ def _scale_factors(d):
     return [inv_std_dev / math.sqrt((i + 1) * (i + 2)) for i in range(d)]
 
 
+def _alpha(d):
+    """The reference's correction of the blur's total mass, 1 / (1 + 2^-d)."""
+    return np.float32(1.0 / (1.0 + 2.0 ** (-d)))
+
+
 def _elevate(features, d):
     """Project [P, d] features onto the plane sum(x) = 0 in d + 1 dimensions.
 
     Follows the reference's summation order exactly (float32), so that the
     rounding below picks the same simplex as pydensecrf for all but
-    boundary-tie points.
+    boundary-tie points. Returns the d + 1 coordinates as a list of [P]
+    columns: everything up to the key hash works column by column, which is
+    2-5x faster than [P, d+1] tensors with gathers along their second axis
+    (and has static shapes in a converted graph).
     """
     scale = _scale_factors(d)
     cf = [features[:, i] * np.float32(scale[i]) for i in range(d)]
@@ -119,46 +138,45 @@ def _elevate(features, d):
         elevated[j] = running - np.float32(j) * cf[j - 1]
         running = running + cf[j - 1]
     elevated[0] = running
-    return tf.stack(elevated, axis=1)
+    return elevated
 
 
 def _enclosing_simplex(elevated, d):
-    """Remainder-0 point, vertex ranks and barycentric weights per point."""
+    """Remainder-0 point, vertex ranks (lists of d + 1 [P] columns) and
+    barycentric weights [P, d+1] per point."""
     dp1 = np.float32(d + 1)
-    rounded = tf.round(elevated * np.float32(1.0 / (d + 1)))  # half to even
-    rem0 = rounded * dp1
-    coord_sum = tf.reduce_sum(rounded, axis=1, keepdims=True)
+    rounded = [tf.round(e * np.float32(1.0 / (d + 1))) for e in elevated]  # half to even
+    rem0 = [r * dp1 for r in rounded]
+    coord_sum = tf.add_n(rounded)  # small integers: exact in any order
 
-    # rank[i]: position of residual i in descending order, ties broken by index
-    # (the reference's pairwise loop). For each of the (d+1)d/2 pairs i < j,
-    # "r_i < r_j" adds 1 to rank[i], otherwise 1 to rank[j]; the tally is a
-    # tiny matmul (exact: small integers in float32).
-    resid = elevated - rem0
-    pairs = [(i, j) for i in range(d + 1) for j in range(i + 1, d + 1)]
-    first = np.array([i for i, _ in pairs])
-    second = np.array([j for _, j in pairs])
-    tally = np.zeros((len(pairs), d + 1), np.float32)
-    tally[np.arange(len(pairs)), first] += 1.0
-    tally[np.arange(len(pairs)), second] -= 1.0
-    less = tf.cast(tf.gather(resid, first, axis=1) < tf.gather(resid, second, axis=1), tf.float32)
-    # rank[k] = (number of pairs with k second, i.e. k) + sum_p less_p * tally[p, k]
-    rank = np.arange(d + 1, dtype=np.float32) + tf.matmul(less, tally)
+    # rank[i]: position of residual i in descending order, ties broken by
+    # index (the reference's pairwise loop: for each pair i < j, "r_i < r_j"
+    # adds 1 to rank[i], otherwise 1 to rank[j]).
+    resid = [e - r for e, r in zip(elevated, rem0)]
+    rank = [tf.zeros_like(coord_sum) for _ in range(d + 1)]
+    for i in range(d + 1):
+        for j in range(i + 1, d + 1):
+            less = tf.cast(resid[i] < resid[j], tf.float32)
+            rank[i] = rank[i] + less
+            rank[j] = rank[j] + (1.0 - less)
 
     # Bring the point back onto the plane when the rounded coordinates do not
     # sum to zero.
-    rank = rank + coord_sum
-    shift = tf.where(rank < 0.0, dp1, 0.0) - tf.where(rank >= dp1, dp1, 0.0)
-    rank = rank + shift
-    rem0 = rem0 + shift
+    for i in range(d + 1):
+        r = rank[i] + coord_sum
+        shift = tf.where(r < 0.0, dp1, 0.0) - tf.where(r >= dp1, dp1, 0.0)
+        rank[i] = r + shift
+        rem0[i] = rem0[i] + shift
 
     # Barycentric coordinates (Adams et al. 2010, p. 10): the reference adds
     # v_i at slot d - rank_i and subtracts it at the next slot. With by_slot[m]
     # the v of the coordinate in slot m, weight[m] = by_slot[m] - by_slot[m-1],
     # and the wrap-around gives weight[0] = 1 + by_slot[0] - by_slot[d].
-    v = (elevated - rem0) * np.float32(1.0 / (d + 1))
-    slot = np.float32(d) - rank  # [P, d+1], a permutation of 0..d
-    in_slot = tf.cast(tf.equal(slot[:, :, None], np.arange(d + 1, dtype=np.float32)), tf.float32)
-    by_slot = tf.reduce_sum(v[:, :, None] * in_slot, axis=1)  # [P, d+1]
+    # by_slot is v sorted ascending (the slots order the v: the weights are
+    # non-negative), so one row sort finds it (tested against the
+    # slot-by-slot definition).
+    v = tf.stack([(e - r) * np.float32(1.0 / (d + 1)) for e, r in zip(elevated, rem0)], axis=1)
+    by_slot = tf.sort(v, axis=1)
     previous = tf.concat([by_slot[:, d:], by_slot[:, :d]], axis=1)
     first_slot = np.zeros((d + 1,), np.float32)
     first_slot[0] = 1.0
@@ -212,24 +230,28 @@ def _key_hash(rem0, rank, image_ids, d):
     r * sum(strides) - (d+1) * sum_i stride_i [rank_i > d - r]: no
     [P, d+1, d] key tensor is formed.
 
+    Args:
+        rem0, rank: lists of d + 1 float32 [P] columns (`_enclosing_simplex`).
+
     Returns:
         (hash int64 [P, d+1], list of d + 1 int64 neighbour offsets).
     """
     margin = np.float32(2 * (d + 1))
-    lo = tf.reduce_min(rem0[:, :d], axis=0) - margin  # [d]
-    hi = tf.reduce_max(rem0[:, :d], axis=0) + margin
-    _check_hash_range(hi - lo + 1.0, image_ids, tf.shape(rem0)[0])
-    extent = tf.cast(hi - lo + 1.0, tf.int64)
-    base_coords = tf.cast(rem0[:, :d] - lo, tf.int64)  # [P, d], >= 0
+    lo = [tf.reduce_min(rem0[i]) - margin for i in range(d)]
+    hi = [tf.reduce_max(rem0[i]) + margin for i in range(d)]
+    extent_f = tf.stack([h - l + 1.0 for h, l in zip(hi, lo)])
+    _check_hash_range(extent_f, image_ids, tf.shape(rem0[0])[0])
+    extent = tf.cast(extent_f, tf.int64)
     remainders = np.arange(d + 1, dtype=np.float32)
     strides = []
     stride = tf.constant(1, tf.int64)
-    base = tf.zeros_like(base_coords[:, 0])
+    base = None
     wrapped = None
     for i in range(d):
         strides.append(stride)
-        base = base + base_coords[:, i] * stride
-        step = tf.cast(rank[:, i : i + 1] > np.float32(d) - remainders, tf.int64) * (stride * (d + 1))
+        term = tf.cast(rem0[i] - lo[i], tf.int64) * stride  # >= 0
+        base = term if base is None else base + term
+        step = tf.cast(rank[i][:, None] > np.float32(d) - remainders, tf.int64) * (stride * (d + 1))
         wrapped = step if wrapped is None else wrapped + step
         stride = stride * extent[i]
     if image_ids is not None:
@@ -293,17 +315,15 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     if implementation == "sparse":
         neighbours = _blur_neighbours_by_search(points, deltas, num_points, d)
     else:
-        neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d,
-                                                 summing_scatter=implementation == "tflite")
+        neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d)
     offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
     lattice = Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points,
                       summing_scatter=implementation == "tflite")
     if implementation == "sparse":
         splat = _splat_matrix(offsets, weights, num_points, d)
-        alpha = np.float32(1.0 / (1.0 + 2.0 ** (-d)))
         lattice = lattice._replace(
             splat_matrix=splat,
-            slice_matrix=splat.with_values(splat.values * alpha),
+            slice_matrix=splat.with_values(tf.reshape(weights * _alpha(d), [-1])),
             blur_matrices=_blur_matrices(neighbours, num_points, d),
         )
     return lattice
@@ -316,9 +336,9 @@ def scale_lattice(lattice, pre_scale=None, post_scale=None):
     """Returns a lattice whose filter is post_scale * K (pre_scale * values).
 
     The CRF's normalised kernel D^-1/2 K D^-1/2 (times its weight) is applied
-    ten times; with the sparse implementation the diagonal scalings are folded
-    into the splat/slice matrices once, which saves two passes over [P, C]
-    per application.
+    ten times; the diagonal scalings are folded into the splat and slice
+    weights (the sparse form's matrices) once, which saves two passes over
+    [P, C] per application.
 
     Args:
         lattice: a `Lattice`.
@@ -328,15 +348,18 @@ def scale_lattice(lattice, pre_scale=None, post_scale=None):
         return None if x is None else tf.reshape(tf.cast(x, tf.float32), [-1, 1])
 
     pre, post = column(pre_scale), column(post_scale)
-    if lattice.splat_matrix is None:
-        return lattice._replace(pre_scale=pre, post_scale=post)
-    rows = lattice.splat_matrix.indices[:, 0]
-    splat, sliced = lattice.splat_matrix, lattice.slice_matrix
-    if pre is not None:
-        splat = splat.with_values(splat.values * tf.gather(pre[:, 0], rows))
+    d = lattice.offsets.shape[-1] - 1
+    splat_weights = lattice.weights if pre is None else lattice.weights * pre
+    slice_weights = lattice.weights * _alpha(d)
     if post is not None:
-        sliced = sliced.with_values(sliced.values * tf.gather(post[:, 0], rows))
-    return lattice._replace(splat_matrix=splat, slice_matrix=sliced)
+        slice_weights = slice_weights * post
+    if lattice.splat_matrix is None:
+        return lattice._replace(pre_scale=pre, post_scale=post, splat_weights=splat_weights,
+                                slice_weights=slice_weights)
+    # The matrices hold the [P, d+1] weights row by row (`_splat_matrix`), so
+    # the scaled values are a reshape, not a gather.
+    return lattice._replace(splat_matrix=lattice.splat_matrix.with_values(tf.reshape(splat_weights, [-1])),
+                            slice_matrix=lattice.slice_matrix.with_values(tf.reshape(slice_weights, [-1])))
 
 
 def _with_minus_neighbours(plus, num_points, d):
@@ -361,25 +384,34 @@ def _with_minus_neighbours(plus, num_points, d):
 _TABLE_SIZE = 4194301
 
 
-def _blur_neighbours_by_hashing(points, deltas, num_points, d, summing_scatter=False):
+def _blur_neighbours_by_hashing(points, deltas, num_points, d):
     """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists.
 
-    The portable forms' search, by a hash table built with scatter-adds.
-    Only the "+" neighbours are looked up: B is the "-" neighbour of A along
-    direction j exactly when A is the "+" neighbour of B, so the "-" table is
-    the inverse of the "+" table (`_with_minus_neighbours`).
+    The portable forms' search, by a hash table built with two plain
+    scatters. Only the "+" neighbours are looked up: B is the "-" neighbour
+    of A along direction j exactly when A is the "+" neighbour of B, so the
+    "-" table is the inverse of the "+" table (`_with_minus_neighbours`).
 
-    Bucket b = key mod `_TABLE_SIZE` holds the number of lattice points that
-    fall in it and the sum of their indices + 1: where exactly one point
-    does, that sum names it, and one gather and a key comparison decide each
-    "+" query. Only the queries that land in a shared bucket go to a (small)
-    `tf.unique`, together with the points of the shared buckets. Scatter-add
-    means the same in TF, TFLite and ONNX (ScatterND with reduction="add");
-    no int64 sort (tf2onnx casts TopK's input to float32) and no UNIQUE over
-    all the (d+1)M queries, which was the costliest op of the CRF in ONNX
-    Runtime (0.68 s per run at 375x500x21: a third of the queries miss, and
-    each miss is a hash-map insert). With this search the CRF alone ran 30 %
-    faster in ONNX Runtime and 20 % faster in LiteRT (portable form).
+    Bucket b = key mod `_TABLE_SIZE` holds the index + 1 of its point where
+    exactly one lattice point falls in it, -1 where several do, 0 where none
+    does: one gather and a key comparison decide each "+" query, and only
+    the queries that land in a shared bucket go to a (small) `tf.unique`,
+    together with the points of the shared buckets. No int64 sort (tf2onnx
+    casts TopK's input to float32) and no UNIQUE over all the (d+1)M
+    queries, which was the costliest op of the CRF in ONNX Runtime (0.68 s
+    per run at 375x500x21: a third of the queries miss, and each miss is a
+    hash-map insert).
+
+    The table is built with `tf.scatter_nd`, and is the same whether a
+    scatter sums repeated indices (TF, LiteRT) or keeps one of their values
+    (ONNX ScatterND without reduction): every point writes its index + 1, and
+    a point that reads back another value knows its bucket is shared (with
+    summing, no point of a shared bucket reads its own value; with "one
+    wins", all but the winner do); those points then mark their buckets
+    with a second scatter, whose writers all write the same value. Scatter-add
+    (`tensor_scatter_nd_add`) would do as well in TF and ONNX, but LiteRT
+    expands it into seven ops over the 4 M-bucket table (0.2 s of the
+    plain-traced CRF at 375x500x21).
     """
     # A size known only at run time, so converters do not store the empty
     # table as a 16 MiB constant (it is the prime below 268 M points).
@@ -387,28 +419,26 @@ def _blur_neighbours_by_hashing(points, deltas, num_points, d, summing_scatter=F
     shape = size[None]
     own = tf.range(num_points)
     bucket = tf.cast(tf.math.floormod(points, tf.cast(size, tf.int64)), tf.int32)[:, None]
-    if summing_scatter:
-        count = tf.scatter_nd(bucket, tf.ones_like(own), shape)
-        total = tf.scatter_nd(bucket, own + 1, shape)
-    else:
-        zeros = tf.zeros(shape, tf.int32)
-        count = tf.tensor_scatter_nd_add(zeros, bucket, tf.ones_like(own))
-        total = tf.tensor_scatter_nd_add(zeros, bucket, own + 1)
+    first = tf.scatter_nd(bucket, own + 1, shape)
+    lost = tf.reshape(tf.where(tf.not_equal(tf.gather(first, bucket[:, 0]), own + 1)), [-1])
+    lost_bucket = tf.gather(bucket, tf.cast(lost, tf.int32))
+    marked = tf.scatter_nd(lost_bucket, tf.ones_like(lost_bucket[:, 0]), shape)
+    table = tf.where(marked > 0, -1, first)
     step = tf.stack(deltas)[:, None]  # [d+1, 1]
     queries = tf.reshape(points[None] + step, [-1])  # [(d+1) M]
     query_bucket = tf.cast(tf.math.floormod(queries, tf.cast(size, tf.int64)), tf.int32)
-    query_count = tf.gather(count, query_bucket)
-    candidate = tf.clip_by_value(tf.gather(total, query_bucket) - 1, 0, tf.maximum(num_points - 1, 0))
-    hit = tf.equal(query_count, 1) & tf.equal(tf.gather(points, candidate), queries)
+    entry = tf.gather(table, query_bucket)
+    candidate = tf.clip_by_value(entry - 1, 0, tf.maximum(num_points - 1, 0))
+    hit = (entry > 0) & tf.equal(tf.gather(points, candidate), queries)
     plus = tf.where(hit, candidate, num_points)
 
     # Shared buckets: tf.unique over their points followed by their queries.
     # tf.unique keeps the order of first occurrence (so do TFLite UNIQUE and
     # ONNX Unique with sorted=0): the shared points keep indices 0..S-1 and a
     # query outside the lattice gets an index >= S.
-    shared = tf.reshape(tf.where(tf.gather(count, bucket[:, 0]) > 1), [-1])
+    shared = tf.reshape(tf.where(tf.gather(table, bucket[:, 0]) < 0), [-1])
     shared = tf.cast(shared, tf.int32)
-    asked = tf.cast(tf.reshape(tf.where(query_count > 1), [-1]), tf.int32)
+    asked = tf.cast(tf.reshape(tf.where(entry < 0), [-1]), tf.int32)
     _, index = tf.unique(tf.concat([tf.gather(points, shared), tf.gather(queries, asked)], axis=0))
     num_shared = tf.shape(shared)[0]
     answer = index[num_shared:]
@@ -416,7 +446,7 @@ def _blur_neighbours_by_hashing(points, deltas, num_points, d, summing_scatter=F
                         num_points)
     # Distinct indices: plain scatter (+1 so that 0 means "not asked").
     resolved = tf.scatter_nd(asked[:, None], resolved + 1, tf.shape(queries)) - 1
-    plus = tf.where(query_count > 1, resolved, plus)
+    plus = tf.where(entry < 0, resolved, plus)
     return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d)
 
 
@@ -518,13 +548,11 @@ def lattice_filter(lattice, values):
             return _sparse_filter(lattice, values)
         return tf.concat([_sparse_filter(lattice, part) for part in tf.split(values, sizes, axis=1)], axis=1)
 
-    # alpha = 1 / (1 + 2^-d) is the reference's correction of the blur's total
-    # mass.
-    alpha = np.float32(1.0 / (1.0 + 2.0 ** (-d)))
-    if lattice.pre_scale is not None:
-        values = values * lattice.pre_scale
+    splat_weights, slice_weights = lattice.splat_weights, lattice.slice_weights
+    if splat_weights is None:  # an unscaled lattice
+        splat_weights, slice_weights = lattice.weights, lattice.weights * _alpha(d)
     channels = tf.shape(values)[1]
-    contrib = values[:, None, :] * lattice.weights[:, :, None]  # [P, d+1, C]
+    contrib = values[:, None, :] * splat_weights[:, :, None]  # [P, d+1, C]
     rows, contrib = tf.reshape(lattice.offsets, [-1, 1]), tf.reshape(contrib, tf.stack([-1, channels]))
     grid_shape = tf.stack([lattice.num_points + 1, channels])
     if lattice.summing_scatter:
@@ -540,11 +568,8 @@ def lattice_filter(lattice, values):
     # Slice vertex by vertex: d + 1 row gathers of [P, C], no [P, d+1, C]
     # tensor (94 MiB at 375x500x21) and no sum over its middle axis: 5-8 %
     # faster in LiteRT and ONNX Runtime.
-    weights = lattice.weights * alpha
     out = None
     for r in range(d + 1):
-        term = tf.gather(grid, lattice.offsets[:, r]) * weights[:, r : r + 1]
+        term = tf.gather(grid, lattice.offsets[:, r]) * slice_weights[:, r : r + 1]
         out = term if out is None else out + term
-    if lattice.post_scale is not None:
-        out = out * lattice.post_scale
     return out
