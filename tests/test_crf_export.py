@@ -178,6 +178,38 @@ class TestCrfAlone:
         assert "SparseTensorDenseMatMul" not in library_ops
         assert "TensorScatterAdd" in _ops_run(serve, *map(tf.constant, sample))
 
+    def test_portable_form_has_a_gpu_kernel_for_every_op(self):
+        # The portable form is what TensorFlow runs on a GPU (the sparse form
+        # is preferred on CPUs only). Every op of it, with its dtypes, must
+        # have a GPU (or device-default) kernel, or TensorFlow would place it
+        # on the CPU and copy tensors back and forth. Checked against the
+        # kernel registry of the installed TensorFlow (no GPU needed); only
+        # the assertion messages (string constants) stay on the host.
+        from tensorflow.python.framework import kernels
+
+        @tf.function(input_signature=[tf.TensorSpec([1, H, W, 3], tf.uint8),
+                                      tf.TensorSpec([1, H, W, C], tf.float32)], autograph=False)
+        def serve(images, logits):
+            return dense_crf(images, logits, iterations=2)
+
+        def gpu_kernel(op):
+            for kernel in kernels.get_registered_kernels_for_op(op.type).kernel:
+                if kernel.device_type not in ("GPU", "DEFAULT"):
+                    continue
+                if all(op.get_attr(c.name).as_datatype_enum in c.allowed_values.list.type
+                       for c in kernel.constraint if c.allowed_values.list.type and c.name in op.node_def.attr):
+                    return True
+            return False
+
+        with portable_ops():
+            graph = serve.get_concrete_function().graph
+        ops = [op for op in graph.get_operations() if op.type not in ("Placeholder", "NoOp")]
+        assert {"Unique", "TensorScatterAdd", "ScatterNd", "GatherV2"} <= {op.type for op in ops}
+        missing = sorted({f"{op.type}({op.node_def.attr['dtype'].type if 'dtype' in op.node_def.attr else ''})"
+                          for op in ops if not gpu_kernel(op)
+                          and not (op.type == "Const" and op.get_attr("dtype") == tf.string)})
+        assert not missing, missing
+
     def test_tflite_target_converts_to_one_scatter_per_splat(self, crf_alone, sample):
         # portable_ops("tflite") (what export_tflite uses) splats with one
         # SCATTER_ND; the plain graph's tensor_scatter_nd_add becomes
