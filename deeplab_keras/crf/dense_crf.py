@@ -76,8 +76,9 @@ def portable_ops(target="any"):
     Not needed for conversion (the default graph converts as traced); it
     leaves out the sparse form that "auto" adds beside the portable one, so
     the graph is smaller, and with target="tflite" it traces the splat that
-    LiteRT runs fastest (`tf.scatter_nd`, which tf2onnx converts wrongly, so
-    use it for TFLite only):
+    LiteRT runs fastest (`tf.scatter_nd`) without the run-time switch the
+    portable form uses to pick it (tf2onnx converts that op wrongly, so use
+    it for TFLite only):
 
         with deeplab_keras.crf.portable_ops("tflite"):
             concrete = tf.function(model).get_concrete_function(spec)
@@ -212,9 +213,12 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
             `portable_ops()` it is "portable". "sparse" applies the lattice
             with `tf.sparse.sparse_dense_matmul` (about 2x faster than the
             portable form in TensorFlow on CPU), which has no TFLite builtin
-            and no ONNX conversion; "portable" uses gather / scatter-add only;
-            "tflite" is "portable" with a splat (`tf.scatter_nd`) that LiteRT
-            runs faster and tf2onnx converts wrongly. All give the same numbers.
+            and no ONNX conversion; "portable" uses gathers and scatters only,
+            and its splat switches at run time between `tf.scatter_nd` (where
+            the runtime's scatter sums repeated indices: TF, LiteRT) and
+            `tf.tensor_scatter_nd_add` (ONNX Runtime); "tflite" always uses
+            `tf.scatter_nd`, which tf2onnx converts wrongly. All give the same
+            numbers.
         downsample: 1 (default) is the CRF above. An integer f > 1 is an
             approximate, faster mode, never the default: images and logits
             are average-pooled by f (SAME padding), mean field runs at that

@@ -18,14 +18,19 @@ is built once per image from the features by `build_lattice`; only
   `tf.sparse.sparse_dense_matmul` with matrices built once; about 4x faster
   than gathers in TF on CPU, but SparseTensorDenseMatMul has no TFLite builtin
   and no tf2onnx conversion;
-* "portable": gather and `tf.tensor_scatter_nd_add` only (TFLite builtins,
-  ONNX ScatterND with reduction="add");
-* "tflite": as "portable", but the splat is `tf.scatter_nd` into zeros, which
-  TFLite runs as one SCATTER_ND (summing repeated indices, like TF), where it
-  expands `tensor_scatter_nd_add` into GATHER_ND + two SCATTER_NDs: the CRF
-  alone runs 1.4x faster in LiteRT. Not for tf2onnx, whose ScatterNd
-  handler emits ScatterND without reduction, which keeps only one of the
-  repeated indices.
+* "portable": gathers and scatters only (TFLite builtins, ONNX). The splat
+  must sum repeated indices, and no single op does that fast everywhere:
+  `tf.scatter_nd` is one SCATTER_ND in LiteRT, but tf2onnx emits ScatterND
+  without reduction, which keeps only one of the repeated indices;
+  `tf.tensor_scatter_nd_add` is ScatterND with reduction="add" in ONNX, but
+  LiteRT expands it into GATHER_ND + ADD + two SCATTER_NDs + SUB + MUL + ADD
+  (one [1.1 M, 21] splat: 246 ms against 27 ms). So the graph holds both in
+  a `tf.cond` on a run-time probe, a two-element `tf.scatter_nd` onto one
+  index: where it sums (TF, LiteRT) the splat is `tf.scatter_nd`, elsewhere
+  (ONNX Runtime) `tf.tensor_scatter_nd_add`. The probe reads the input, so
+  no converter can fold it; it runs once per lattice;
+* "tflite": as "portable", but the splat is always `tf.scatter_nd` (no
+  `tf.cond`; what `export_tflite` traces). Not for tf2onnx.
 
 The structure itself uses only ops that convert to TFLite builtins and ONNX:
 
@@ -87,8 +92,11 @@ class Lattice(NamedTuple):
             `weights * alpha * post_scale`, folded once by `scale_lattice`
             (the sparse form's matrices hold the same products), which saves
             two [P, C] products per filter.
-        summing_scatter: the portable splat uses `tf.scatter_nd` (the
-            "tflite" implementation) instead of `tf.tensor_scatter_nd_add`.
+        summing_scatter: how the portable splat sums repeated indices: True
+            (the "tflite" implementation) with `tf.scatter_nd`, False with
+            `tf.tensor_scatter_nd_add`, or a scalar bool tensor (the
+            "portable" implementation) that picks `tf.scatter_nd` where the
+            runtime's scatter sums repeated indices (`_scatter_sums`).
     """
 
     offsets: tf.Tensor
@@ -102,7 +110,7 @@ class Lattice(NamedTuple):
     post_scale: object = None
     splat_weights: object = None
     slice_weights: object = None
-    summing_scatter: bool = False
+    summing_scatter: object = False
 
 
 IMPLEMENTATIONS = ("sparse", "portable", "tflite")
@@ -317,8 +325,9 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     else:
         neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d)
     offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
+    summing = {"tflite": True, "portable": _scatter_sums(features)}.get(implementation, False)
     lattice = Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points,
-                      summing_scatter=implementation == "tflite")
+                      summing_scatter=summing)
     if implementation == "sparse":
         splat = _splat_matrix(offsets, weights, num_points, d)
         lattice = lattice._replace(
@@ -327,6 +336,30 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
             blur_matrices=_blur_matrices(neighbours, num_points, d),
         )
     return lattice
+
+
+def _scatter_sums(features):
+    """Scalar bool: does this runtime's `tf.scatter_nd` sum repeated indices?
+
+    True in TensorFlow and LiteRT; False in ONNX Runtime, where tf2onnx's
+    ScatterND has no reduction and keeps one of the values. The probe
+    scatters two ones onto one index; the ones are computed from the input
+    (min(min |f|, 0) + 1, which is 1 for any finite input and for none), so
+    that no converter folds the probe into a constant.
+    """
+    one = tf.minimum(tf.reduce_min(tf.abs(features[:, :1])), 0.0) + 1.0
+    probe = tf.scatter_nd(tf.zeros([2, 1], tf.int32), tf.stack([one, one]), [1])
+    return probe[0] > 1.5
+
+
+def _splat(rows, contrib, grid_shape, summing):
+    """Sums the [N, C] contributions into a [M+1, C] grid by row."""
+    if summing is True:
+        return tf.scatter_nd(rows, contrib, grid_shape)
+    if summing is False:
+        return tf.tensor_scatter_nd_add(tf.zeros(grid_shape, contrib.dtype), rows, contrib)
+    return tf.cond(summing, lambda: tf.scatter_nd(rows, contrib, grid_shape),
+                   lambda: tf.tensor_scatter_nd_add(tf.zeros(grid_shape, contrib.dtype), rows, contrib))
 
 
 # Plain Python control flow only (no tensor-dependent branches): skipping
@@ -555,10 +588,7 @@ def lattice_filter(lattice, values):
     contrib = values[:, None, :] * splat_weights[:, :, None]  # [P, d+1, C]
     rows, contrib = tf.reshape(lattice.offsets, [-1, 1]), tf.reshape(contrib, tf.stack([-1, channels]))
     grid_shape = tf.stack([lattice.num_points + 1, channels])
-    if lattice.summing_scatter:
-        grid = tf.scatter_nd(rows, contrib, grid_shape)
-    else:
-        grid = tf.tensor_scatter_nd_add(tf.zeros(grid_shape, values.dtype), rows, contrib)
+    grid = _splat(rows, contrib, grid_shape, lattice.summing_scatter)
     # Blur: [1 2 1] / 2 along each lattice direction; row M stays zero. Two
     # row gathers and an add, not one [M+1, 2, C] gather and a sum over its
     # middle axis: 6-18 % faster in LiteRT and ONNX Runtime at 375x500x21.
