@@ -325,14 +325,15 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     else:
         neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d)
     offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
-    summing = {"tflite": True, "portable": _scatter_sums(features)}.get(implementation, False)
+    # The run-time probe only where its answer is used (the portable splat).
+    summing = _scatter_sums(features) if implementation == "portable" else implementation == "tflite"
     lattice = Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points,
                       summing_scatter=summing)
     if implementation == "sparse":
         splat = _splat_matrix(offsets, weights, num_points, d)
         lattice = lattice._replace(
             splat_matrix=splat,
-            slice_matrix=splat.with_values(tf.reshape(weights * _alpha(d), [-1])),
+            slice_matrix=splat.with_values(splat.values * _alpha(d)),
             blur_matrices=_blur_matrices(neighbours, num_points, d),
         )
     return lattice
@@ -581,11 +582,10 @@ def lattice_filter(lattice, values):
             return _sparse_filter(lattice, values)
         return tf.concat([_sparse_filter(lattice, part) for part in tf.split(values, sizes, axis=1)], axis=1)
 
-    splat_weights, slice_weights = lattice.splat_weights, lattice.slice_weights
-    if splat_weights is None:  # an unscaled lattice
-        splat_weights, slice_weights = lattice.weights, lattice.weights * _alpha(d)
+    if lattice.splat_weights is None:  # an unscaled lattice: the same weights, folded here
+        lattice = scale_lattice(lattice)
     channels = tf.shape(values)[1]
-    contrib = values[:, None, :] * splat_weights[:, :, None]  # [P, d+1, C]
+    contrib = values[:, None, :] * lattice.splat_weights[:, :, None]  # [P, d+1, C]
     rows, contrib = tf.reshape(lattice.offsets, [-1, 1]), tf.reshape(contrib, tf.stack([-1, channels]))
     grid_shape = tf.stack([lattice.num_points + 1, channels])
     grid = _splat(rows, contrib, grid_shape, lattice.summing_scatter)
@@ -600,6 +600,6 @@ def lattice_filter(lattice, values):
     # faster in LiteRT and ONNX Runtime.
     out = None
     for r in range(d + 1):
-        term = tf.gather(grid, lattice.offsets[:, r]) * slice_weights[:, r : r + 1]
+        term = tf.gather(grid, lattice.offsets[:, r]) * lattice.slice_weights[:, r : r + 1]
         out = term if out is None else out + term
     return out
