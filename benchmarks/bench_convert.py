@@ -22,7 +22,6 @@ Usage:
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -35,13 +34,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def cpu_name():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except Exception:
-        return platform.processor() or "unknown CPU"
+from _machine import cpu_description  # noqa: E402
 
 
 def make_file(path, msc_copies):
@@ -156,7 +149,7 @@ def main():
     p.add_argument("--skip-convert", action="store_true")
     p.add_argument("--skip-resize", action="store_true")
     args = p.parse_args()
-    print(f"CPU: {cpu_name()} (shared machine: other jobs running)")
+    print(f"CPU: {cpu_description()} (shared machine: other jobs running)")
     if not args.skip_convert:
         for msc in ([False, True] if args.msc_copies else [False]):
             s = bench_convert(msc)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -34,6 +33,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from _machine import cpu_description  # noqa: E402
 
 
 def timeit(fn, repeats):
@@ -190,7 +191,7 @@ def render(args, model, rows):
         "",
         f"- Command: `{cmd}`",
         f"- Machine: 2-core CPU, no GPU (shared with other jobs: figures are noisy); "
-        f"{platform.processor() or platform.machine()}, {args.threads} threads per runtime",
+        f"{cpu_description()}, {args.threads} threads per runtime",
         f"- Date: {datetime.date.today().isoformat()}",
         f"- Model: {args.model}, {model.count_params():,} parameters, {args.num_classes} classes, "
         f"random weights; input {args.size}x{args.size}, batch 1; CRF: {args.crf_iterations} "

@@ -29,7 +29,6 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import statistics
 import time
 
@@ -38,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _machine import cpu_description  # noqa: E402
 from deeplab_keras.models import available_models, build_model  # noqa: E402
 
 
@@ -217,20 +217,6 @@ MEASURES = {
 }
 
 
-def cpu_model_name():
-    """`lscpu`'s "Model name" (or the platform's processor string)."""
-    try:
-        import subprocess
-
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=available_models(), choices=available_models())
@@ -260,7 +246,7 @@ def main(argv=None):
         load_before = os.getloadavg()
         rows = vs_torch(args.runs, args.warmup, args.threads, picked)
         load_after = os.getloadavg()
-        print(f"CPU: {cpu_model_name()}, threads {args.threads}, load average (1 min) "
+        print(f"CPU: {cpu_description()}, threads {args.threads}, load average (1 min) "
               f"before/after {load_before[0]:.1f} / {load_after[0]:.1f}")
         print("| measure | TF median (s) | torch median (s) | TF / torch | TF min (s) | torch min (s) | TF / torch (min) |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -289,7 +275,7 @@ def main(argv=None):
             + f"--runs {args.runs} --warmup {args.warmup} "
             f"--sizes {' '.join(map(str, args.sizes))} --output {args.output}`",
             "",
-            f"Machine: 2-core CPU, no GPU ({platform.processor() or platform.machine()}), "
+            f"Machine: 2-core CPU, no GPU ({cpu_description()}), "
             f"TensorFlow {tf.__version__}. Date: {datetime.date.today().isoformat()}.",
             f"Load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f} "
             "(the CPU was shared with other jobs; figures are upper bounds for an idle machine).",

@@ -35,6 +35,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from _machine import cpu_description  # noqa: E402
+
 
 def _pipeline_rate(data_dir, num_classes, batch_size, batches, warmup=3):
     from deeplab_keras.data import make_dataset
@@ -233,11 +235,10 @@ def main(argv=None):
 
 
 def _main_layouts(args):
-    import platform
 
     import tensorflow as tf
 
-    print(f"cpu cores: {os.cpu_count()} ({platform.processor() or platform.machine()}), "
+    print(f"cpu cores: {os.cpu_count()} ({cpu_description()}), "
           f"tensorflow {tf.__version__}, load average at start: {os.getloadavg()[0]:.1f}")
     rates = {}
     tmp = tempfile.mkdtemp(prefix="bench_layouts_")

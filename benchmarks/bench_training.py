@@ -29,13 +29,13 @@ import datetime
 import os
 import pathlib
 import platform
-import subprocess
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from _machine import cpu_description  # noqa: E402
 
 CONFIGS = (  # (label, preset whose model / MSC setting is used, overrides)
     ("builtin: VGG16-LargeFOV at 1/4 width", "builtin", {}),
@@ -49,18 +49,6 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 MARKER = "<!-- end of the generated table -->"
 
 
-def cpu_name():
-    """The `lscpu` model name (what every figure is quoted with)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def select_device(device):
     """Make TensorFlow use only the CPU, or check that a GPU is visible. Returns its name."""
     import tensorflow as tf
@@ -68,7 +56,7 @@ def select_device(device):
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cpu":
         tf.config.set_visible_devices([], "GPU")
-        return f"CPU: {cpu_name()}, {os.cpu_count()} logical cores"
+        return f"CPU: {cpu_description()}, {os.cpu_count()} logical cores"
     if not gpus:
         raise SystemExit("--device gpu: TensorFlow sees no GPU on this machine "
                          "(tf.config.list_physical_devices('GPU') is empty).")

@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _machine import cpu_description  # noqa: E402
 from deeplab_keras.crf import dense_crf  # noqa: E402
 from deeplab_keras.crf.testing import coarse_logits, make_scene, mean_iou, pydensecrf_inference  # noqa: E402
 
@@ -137,6 +138,7 @@ def main(argv=None):
     unary_miou = mean_iou(logits.argmax(-1), labels, args.classes)
     import resource
 
+    print(f"CPU: {cpu_description()}, {os.cpu_count()} logical cores")
     print(f"image {args.height}x{args.width}, {args.classes} classes, {SETTINGS['iterations']} iterations, "
           f"implementation={args.implementation}, downsample={args.downsample}, tf {tf.__version__}, "
           f"threads intra={tf.config.threading.get_intra_op_parallelism_threads()} (0 = all cores), "
