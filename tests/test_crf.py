@@ -176,9 +176,10 @@ class TestPydensecrfParity:
         np.testing.assert_array_equal(auto_tflite, tflite)
 
     def test_lattice_structures_agree(self, scene):
-        # The sparse form finds blur neighbours by binary search, the
-        # portable forms in a scatter-built hash table (the "tflite" form
-        # builds it with tf.scatter_nd): the tables must be identical.
+        # The sparse form finds the "+" blur neighbours by binary search,
+        # the portable forms in a scatter-built hash table; the "-" table is
+        # the inverse of the "+" one, by unsorted_segment_max (sparse,
+        # "tflite") or by a scatter (portable): the tables must be identical.
         image = scene[0]
         features = _bilateral_features(tf.constant(image[None], tf.float32), 67.0, 3.0)
         sparse = build_lattice(features, implementation="sparse")

@@ -154,6 +154,11 @@ def _runtime_checks(images, logits):
     if lshape[-1] is None:
         checks.append(tf.debugging.assert_greater_equal(
             tf.shape(logits)[3], 2, message="dense_crf: `logits` must have at least 2 classes"))
+    if not tf.executing_eagerly():
+        # is_finite + reduce_all, not check_numerics: that is a single-threaded
+        # scan (6.5 against 1.2 ms at 375x500x21). Converters drop the assertion.
+        checks.append(tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(logits)),
+                                          ["dense_crf: `logits` contain NaN or Inf"]))
     return checks
 
 
@@ -240,7 +245,7 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
             small that the lattice keys overflow the int64 hash, or (in eager
             mode) non-finite logits. In graph mode with shapes unknown until
             run time, mismatches raise `tf.errors.InvalidArgumentError`;
-            non-finite logits raise it through `tf.debugging.check_numerics`
+            non-finite logits raise it through a `tf.debugging.Assert`
             in TensorFlow and give NaN probabilities in converted TFLite/ONNX
             models.
 
@@ -266,8 +271,6 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
 
     with tf.control_dependencies(_runtime_checks(images, logits)):
         logits = tf.identity(tf.cast(logits, tf.float32))
-    if not tf.executing_eagerly():
-        logits = tf.debugging.check_numerics(logits, "dense_crf: `logits` contain NaN or Inf")
     images = tf.clip_by_value(tf.stop_gradient(tf.cast(images, tf.float32)), 0.0, 255.0)
     params = dict(iterations=iterations, spatial_weight=spatial_weight, spatial_sigma=spatial_sigma,
                   bilateral_weight=bilateral_weight, bilateral_spatial_sigma=bilateral_spatial_sigma,

@@ -323,7 +323,8 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     if implementation == "sparse":
         neighbours = _blur_neighbours_by_search(points, deltas, num_points, d)
     else:
-        neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d)
+        neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d,
+                                                 by_segment_max=implementation == "tflite")
     offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
     # The run-time probe only where its answer is used (the portable splat).
     summing = _scatter_sums(features) if implementation == "portable" else implementation == "tflite"
@@ -396,16 +397,34 @@ def scale_lattice(lattice, pre_scale=None, post_scale=None):
                             slice_matrix=lattice.slice_matrix.with_values(tf.reshape(slice_weights, [-1])))
 
 
-def _with_minus_neighbours(plus, num_points, d):
-    """The [d+1, M+1, 2] table from the "+" table [d+1, M] (M = none)."""
-    found = plus < num_points
-    # minus[j, plus[j, i]] = i. Missing neighbours write to distinct dummy
-    # slots past M, so no index is written twice (ONNX ScatterND requires it).
+def _with_minus_neighbours(plus, num_points, d, by_segment_max=False):
+    """The [d+1, M+1, 2] table from the "+" table [d+1, M] (M = none).
+
+    minus[j, plus[j, i]] = i. by_segment_max inverts with one
+    `unsorted_segment_max` (TF, LiteRT UNSORTED_SEGMENT_MAX: 9 ms against
+    33 ms for the scatter in TF at 375x500, 23 against 38 ms in LiteRT at
+    513x513); tf2onnx has no useful lowering of it, so the portable form
+    scatters.
+    """
     own = tf.broadcast_to(tf.range(num_points)[None, :], tf.stack([d + 1, num_points]))
-    target = tf.where(found, plus, num_points + own)
-    direction = tf.broadcast_to(tf.range(d + 1)[:, None], tf.stack([d + 1, num_points]))
-    minus = tf.scatter_nd(tf.stack([direction, target], axis=-1), own + 1,
-                          tf.stack([d + 1, 2 * num_points]))[:, :num_points] - 1
+    if by_segment_max:
+        # Segment (j, plus[j, i]) receives i; each existing point is the "+"
+        # neighbour of at most one point per direction, so the max is that
+        # point, and segments nobody names stay at the dtype's lowest value.
+        # Missing neighbours (plus = M) land in each direction's spare
+        # segment M, which is dropped.
+        segment = plus + tf.range(d + 1)[:, None] * (num_points + 1)
+        minus = tf.math.unsorted_segment_max(tf.reshape(own, [-1]), tf.reshape(segment, [-1]),
+                                             (d + 1) * (num_points + 1))
+        minus = tf.reshape(minus, tf.stack([d + 1, num_points + 1]))[:, :num_points]
+    else:
+        # Missing neighbours write to distinct dummy slots past M, so no index
+        # is written twice (ONNX ScatterND requires it).
+        found = plus < num_points
+        target = tf.where(found, plus, num_points + own)
+        direction = tf.broadcast_to(tf.range(d + 1)[:, None], tf.stack([d + 1, num_points]))
+        minus = tf.scatter_nd(tf.stack([direction, target], axis=-1), own + 1,
+                              tf.stack([d + 1, 2 * num_points]))[:, :num_points] - 1
     minus = tf.where(minus < 0, num_points, minus)
     found = tf.stack([plus, minus], axis=-1)  # [d+1, M, 2]
     sentinel = tf.fill(tf.stack([d + 1, 1, 2]), num_points)
@@ -418,7 +437,7 @@ def _with_minus_neighbours(plus, num_points, d):
 _TABLE_SIZE = 4194301
 
 
-def _blur_neighbours_by_hashing(points, deltas, num_points, d):
+def _blur_neighbours_by_hashing(points, deltas, num_points, d, by_segment_max=False):
     """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists.
 
     The portable forms' search, by a hash table built with two plain
@@ -481,28 +500,29 @@ def _blur_neighbours_by_hashing(points, deltas, num_points, d):
     # Distinct indices: plain scatter (+1 so that 0 means "not asked").
     resolved = tf.scatter_nd(asked[:, None], resolved + 1, tf.shape(queries)) - 1
     plus = tf.where(entry < 0, resolved, plus)
-    return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d)
+    return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d,
+                                  by_segment_max)
 
 
 def _blur_neighbours_by_search(points, deltas, num_points, d):
     """`_blur_neighbours_by_hashing` by binary search in the sorted keys.
 
     The same table (tested); TensorFlow only (searchsorted has no TFLite
-    builtin; the sparse form never converts anyway). Sorting the M keys and
-    searching the 2(d+1)M neighbour keys takes half the time of a
-    `tf.unique` over the points and their neighbour keys (60 vs 124 ms at
-    375x500) and as long as the hash table (same CRF time in TF).
+    builtin; the sparse form never converts anyway). Only the "+"
+    neighbours are searched and the table is inverted for the "-" ones
+    (`_with_minus_neighbours`): 41 ms against 63 ms for searching both at
+    375x500, where sorting the M keys and searching took half the time of
+    a `tf.unique` over the points and their neighbour keys.
     """
     order = tf.argsort(points)
     keys = tf.gather(points, order)
     step = tf.stack(deltas)[:, None]  # [d+1, 1]
-    queries = tf.reshape(tf.concat([points[None] + step, points[None] - step], axis=0), [-1])
+    queries = tf.reshape(points[None] + step, [-1])
     position = tf.minimum(tf.searchsorted(keys, queries, side="left"), tf.maximum(num_points - 1, 0))
     found = tf.equal(tf.gather(keys, position), queries)
-    index = tf.where(found, tf.gather(order, position), num_points)
-    index = tf.reshape(index, tf.stack([2, d + 1, num_points]))
-    table = tf.stack([index[0], index[1]], axis=-1)  # [d+1, M, 2]: "+" and "-"
-    return tf.concat([table, tf.fill(tf.stack([d + 1, 1, 2]), num_points)], axis=1)
+    plus = tf.where(found, tf.gather(order, position), num_points)
+    return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d,
+                                  by_segment_max=True)
 
 
 def _splat_matrix(offsets, weights, num_points, d):

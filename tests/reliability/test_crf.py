@@ -97,9 +97,10 @@ class TestNumbers:
         with pytest.raises(ValueError, match="contain 1 NaN or Inf"):
             dense_crf(image, logits)
 
-    def test_non_finite_logits_graph(self):
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+    def test_non_finite_logits_graph(self, bad):
         image, logits = _inputs()
-        logits[0, 3, 4, 1] = np.nan
+        logits[0, 3, 4, 1] = bad
         with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
             _graph_crf()(image, logits)
 
