@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from deeplab_keras.crf import DenseCRF, build_lattice, dense_crf, lattice_filter, portable_ops
 from deeplab_keras.crf.dense_crf import _bilateral_features
-from deeplab_keras.crf.testing import coarse_logits, make_scene, mean_iou, pydensecrf_inference
+from deeplab_keras.crf.testing import canonical_structure, coarse_logits, make_scene, mean_iou, pydensecrf_inference
 
 # DeepLab v2 VOC settings (deeplab-pytorch) and the DeepLab v1 VGG script's.
 V2 = dict(iterations=10, spatial_weight=3.0, spatial_sigma=1.0, bilateral_weight=4.0,
@@ -179,18 +179,25 @@ class TestPydensecrfParity:
         # The sparse form finds the "+" blur neighbours by binary search,
         # the portable forms in a scatter-built hash table; the "-" table is
         # the inverse of the "+" one, by unsorted_segment_max (sparse,
-        # "tflite") or by a scatter (portable): the tables must be identical.
+        # "tflite") or by a scatter (portable). The portable form numbers
+        # the lattice points with tf.unique, the others with a hash table of
+        # first occurrences: the same lattice up to that numbering.
         image = scene[0]
         features = _bilateral_features(tf.constant(image[None], tf.float32), 67.0, 3.0)
-        sparse = build_lattice(features, implementation="sparse")
-        num_points = int(sparse.num_points)
+        portable = build_lattice(features, implementation="portable")
+        num_points = int(portable.num_points)
         assert num_points > 1000
-        assert (sparse.neighbours.numpy()[:, :num_points] < num_points).mean() > 0.5  # most exist
-        for implementation in ("portable", "tflite"):
+        assert (portable.neighbours.numpy()[:, :num_points] < num_points).mean() > 0.5  # most exist
+        offsets, neighbours = canonical_structure(portable)
+        np.testing.assert_array_equal(offsets, portable.offsets.numpy())  # tf.unique's numbering
+        np.testing.assert_array_equal(neighbours, portable.neighbours.numpy())
+        for implementation in ("sparse", "tflite"):
             other = build_lattice(features, implementation=implementation)
             assert int(other.num_points) == num_points
-            np.testing.assert_array_equal(sparse.neighbours.numpy(), other.neighbours.numpy())
-            np.testing.assert_array_equal(sparse.offsets.numpy(), other.offsets.numpy())
+            np.testing.assert_array_equal(other.weights.numpy(), portable.weights.numpy())
+            got_offsets, got_neighbours = canonical_structure(other)
+            np.testing.assert_array_equal(got_offsets, offsets)
+            np.testing.assert_array_equal(got_neighbours, neighbours)
 
     @pytest.mark.parametrize("table_size", [1, 7, 101])
     def test_hash_table_collisions_resolve_exactly(self, scene, monkeypatch, table_size):
@@ -200,13 +207,35 @@ class TestPydensecrfParity:
         # single-point buckets, where a wrong key must not match.
         from deeplab_keras.crf import permutohedral
 
+        # The sparse and "tflite" forms also deduplicate the vertex keys in
+        # a table of this size (M / 64 buckets at the least).
         image = scene[0][:24, :32]
         features = _bilateral_features(tf.constant(image[None], tf.float32), 5.0, 3.0)
-        expected = build_lattice(features, implementation="sparse").neighbours.numpy()
+        expected = canonical_structure(build_lattice(features, implementation="portable"))
         monkeypatch.setattr(permutohedral, "_TABLE_SIZE", table_size)
-        for implementation in ("portable", "tflite"):
-            got = build_lattice(features, implementation=implementation).neighbours.numpy()
-            np.testing.assert_array_equal(got, expected)
+        for implementation in ("portable", "sparse", "tflite"):
+            got = canonical_structure(build_lattice(features, implementation=implementation))
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
+
+    @pytest.mark.parametrize("table_size", [1, 7, 4194301])
+    def test_unique_by_hashing_is_unique(self, monkeypatch, table_size):
+        # Keys with many repeats; with 1 or 7 buckets (the table keeps at
+        # least N / 64 = 28) nearly every key is "lost" to the fallback.
+        from deeplab_keras.crf import permutohedral
+
+        rng = np.random.default_rng(table_size)
+        keys = rng.choice(rng.integers(0, 2**60, 300), 1800)
+        monkeypatch.setattr(permutohedral, "_TABLE_SIZE", table_size)
+        points, index = (t.numpy() for t in permutohedral._unique_by_hashing(tf.constant(keys, tf.int64)))
+        expected_points, expected_index = (t.numpy() for t in tf.unique(tf.constant(keys, tf.int64)))
+        assert len(points) == len(set(points.tolist())) == len(expected_points)
+        np.testing.assert_array_equal(points[index], keys)
+        if table_size > len(keys):  # (almost) no shared bucket: tf.unique's order
+            np.testing.assert_array_equal(points, expected_points)
+            np.testing.assert_array_equal(index, expected_index)
+        empty_points, empty_index = permutohedral._unique_by_hashing(tf.zeros([0], tf.int64))
+        assert empty_points.shape == (0,) and empty_index.shape == (0,)
 
     def test_many_classes_take_the_chunked_sparse_filter(self):
         # >= 32 classes run the sparse filter in column chunks (the kernel's

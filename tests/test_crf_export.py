@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab_keras.crf import DenseCRF, dense_crf, portable_ops
-from deeplab_keras.crf.testing import coarse_logits, make_scene
+from deeplab_keras.crf.testing import canonical_structure, coarse_logits, make_scene
 from deeplab_keras.models import build_model, resize_logits
 from deeplab_keras.preprocessing import preprocess_images
 
@@ -260,8 +260,25 @@ class TestCrfAlone:
         # the "-" neighbour table inverted by UNSORTED_SEGMENT_MAX instead of
         # a scatter (tf2onnx, which the plain trace must also serve, has no
         # useful lowering of it).
-        assert count(tflite_model, "SCATTER_ND") == count(plain_model, "SCATTER_ND") + 11 - 1 - 1
-        assert count(tflite_model, "UNSORTED_SEGMENT_MAX") == 1 and count(plain_model, "UNSORTED_SEGMENT_MAX") == 0
+        # Plain: the probe, 3 for the neighbour hash table, 1 for the "-"
+        # table (the 11 splats are inside the IFs). Export form: 2 for the
+        # vertex dedupe by hashing (UNSORTED_SEGMENT_MIN, which tf2onnx has
+        # no useful lowering for, in place of a UNIQUE over all vertex keys),
+        # 3 for the neighbour table, the "-" table by UNSORTED_SEGMENT_MAX,
+        # and the 11 splats.
+        assert count(plain_model, "SCATTER_ND") == 1 + 3 + 1
+        assert count(tflite_model, "SCATTER_ND") == 2 + 3 + 11
+        assert count(tflite_model, "UNSORTED_SEGMENT_MAX") == count(tflite_model, "UNSORTED_SEGMENT_MIN") == 1
+        assert count(plain_model, "UNSORTED_SEGMENT_MAX") == count(plain_model, "UNSORTED_SEGMENT_MIN") == 0
+
+        # No per-vertex table was folded into a constant (a tf.range over the
+        # H*W*(d+1) vertex entries once was: 6 MiB at 513x513).
+        for model in (plain_model, tflite_model):
+            interpreter = Interpreter(model_content=model)
+            for detail in interpreter.get_tensor_details():
+                if int(np.prod(detail["shape"])) == H * W * 6:
+                    with pytest.raises(ValueError):  # not a constant: no data before it runs
+                        interpreter.get_tensor(detail["index"])
 
     def test_converted_hash_table_resolves_shared_buckets(self, monkeypatch, sample):
         # The blur-neighbour hash table is built with plain scatters, which
@@ -274,7 +291,9 @@ class TestCrfAlone:
 
         image = sample[0][:, :16, :20].astype(np.float32)
         features = _bilateral_features(tf.constant(image), 5.0, 3.0)
-        expected = build_lattice(features, implementation="sparse").neighbours.numpy()
+        # The portable form numbers the points with tf.unique (order of
+        # first occurrence); the sparse form, renumbered so, is the reference.
+        _, expected = canonical_structure(build_lattice(features, implementation="sparse"))
         monkeypatch.setattr(permutohedral, "_TABLE_SIZE", 7)
 
         @tf.function(input_signature=[tf.TensorSpec(features.shape, tf.float32, name="features")])

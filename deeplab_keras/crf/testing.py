@@ -1,4 +1,4 @@
-"""Synthetic scenes and the pydensecrf reference, for the CRF's tests and benchmark.
+"""Synthetic scenes, the pydensecrf reference and a lattice renumbering, for the CRF's tests and benchmark.
 
 VOC images cannot be downloaded here, so the CRF's tests and benchmark use
 generated scenes with what the CRF reacts to: piecewise-smooth colour regions
@@ -145,3 +145,21 @@ def pydensecrf_inference(image, logits, iterations=10, spatial_weight=3.0, spati
                                  rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=bilateral_weight)
     q = np.asarray(crf.inference(iterations), np.float32)
     return q.T.reshape(height, width, num_classes)
+
+
+def canonical_structure(lattice):
+    """(offsets, neighbours) with the lattice points renumbered in order of
+    first occurrence in the offsets (tf.unique's numbering), so that lattices
+    deduplicated in different orders compare equal."""
+    offsets, neighbours = lattice.offsets.numpy(), lattice.neighbours.numpy()
+    num_points = int(lattice.num_points)
+    ids, first = np.unique(offsets.ravel(), return_index=True)
+    if not np.array_equal(ids, np.arange(num_points)):
+        raise ValueError(f"every lattice point must be a vertex of some input point; the offsets name "
+                         f"{len(ids)} of the {num_points} points")
+    new = np.empty(num_points + 1, np.int64)
+    new[ids[np.argsort(first)]] = np.arange(num_points)
+    new[num_points] = num_points  # the "no neighbour" row stays last
+    renumbered = np.empty_like(neighbours)
+    renumbered[:, new] = new[neighbours]
+    return new[offsets], renumbered
