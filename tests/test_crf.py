@@ -176,12 +176,12 @@ class TestPydensecrfParity:
         np.testing.assert_array_equal(auto_tflite, tflite)
 
     def test_lattice_structures_agree(self, scene):
-        # The sparse form finds the "+" blur neighbours by binary search,
-        # the portable forms in a scatter-built hash table; the "-" table is
-        # the inverse of the "+" one, by unsorted_segment_max (sparse,
-        # "tflite") or by a scatter (portable). The portable form numbers
-        # the lattice points with tf.unique, the others with a hash table of
-        # first occurrences: the same lattice up to that numbering.
+        # The portable form numbers the lattice points with tf.unique and
+        # finds the "+" blur neighbours in a scatter-built table of the
+        # points; the sparse and "tflite" forms do both with one table of
+        # first occurrences of the vertex keys (unsorted_segment_min). The
+        # "-" table is the inverse of the "+" one, by a scatter (portable) or
+        # by unsorted_segment_max. The same lattice up to the numbering.
         image = scene[0]
         features = _bilateral_features(tf.constant(image[None], tf.float32), 67.0, 3.0)
         portable = build_lattice(features, implementation="portable")
@@ -227,15 +227,23 @@ class TestPydensecrfParity:
         rng = np.random.default_rng(table_size)
         keys = rng.choice(rng.integers(0, 2**60, 300), 1800)
         monkeypatch.setattr(permutohedral, "_TABLE_SIZE", table_size)
-        points, index = (t.numpy() for t in permutohedral._unique_by_hashing(tf.constant(keys, tf.int64)))
+        points, index, find = permutohedral._unique_by_hashing(tf.constant(keys, tf.int64))
+        points, index = points.numpy(), index.numpy()
         expected_points, expected_index = (t.numpy() for t in tf.unique(tf.constant(keys, tf.int64)))
         assert len(points) == len(set(points.tolist())) == len(expected_points)
         np.testing.assert_array_equal(points[index], keys)
         if table_size > len(keys):  # (almost) no shared bucket: tf.unique's order
             np.testing.assert_array_equal(points, expected_points)
             np.testing.assert_array_equal(index, expected_index)
-        empty_points, empty_index = permutohedral._unique_by_hashing(tf.zeros([0], tf.int64))
-        assert empty_points.shape == (0,) and empty_index.shape == (0,)
+        # The same table finds query keys: present ones, absent ones that
+        # share a bucket with present ones (key + table size), absent others.
+        size = max(len(keys) // 64, table_size)
+        queries = np.concatenate([points[::-1], points + size, rng.integers(0, 2**60, 500), points[:3]])
+        got = find(tf.constant(queries, tf.int64), tf.constant(-7)).numpy()
+        position = {int(k): i for i, k in enumerate(points)}
+        np.testing.assert_array_equal(got, [position.get(int(k), -7) for k in queries])
+        empty = permutohedral._unique_by_hashing(tf.zeros([0], tf.int64))
+        assert empty[0].shape == (0,) and empty[1].shape == (0,)
 
     def test_many_classes_take_the_chunked_sparse_filter(self):
         # >= 32 classes run the sparse filter in column chunks (the kernel's

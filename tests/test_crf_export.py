@@ -264,10 +264,10 @@ class TestCrfAlone:
         # table (the 11 splats are inside the IFs). Export form: 2 for the
         # vertex dedupe by hashing (UNSORTED_SEGMENT_MIN, which tf2onnx has
         # no useful lowering for, in place of a UNIQUE over all vertex keys),
-        # 3 for the neighbour table, the "-" table by UNSORTED_SEGMENT_MAX,
-        # and the 11 splats.
+        # 1 for the neighbour search in the dedupe's table, the "-" table by
+        # UNSORTED_SEGMENT_MAX, and the 11 splats.
         assert count(plain_model, "SCATTER_ND") == 1 + 3 + 1
-        assert count(tflite_model, "SCATTER_ND") == 2 + 3 + 11
+        assert count(tflite_model, "SCATTER_ND") == 2 + 1 + 11
         assert count(tflite_model, "UNSORTED_SEGMENT_MAX") == count(tflite_model, "UNSORTED_SEGMENT_MIN") == 1
         assert count(plain_model, "UNSORTED_SEGMENT_MAX") == count(plain_model, "UNSORTED_SEGMENT_MIN") == 0
 
@@ -285,7 +285,7 @@ class TestCrfAlone:
         # sum repeated indices in TF and LiteRT and keep one of their values
         # in ONNX Runtime. With a 7-bucket table nearly every bucket is
         # shared, so both behaviours are exercised; the converted tables must
-        # equal the binary search's.
+        # equal the sparse form's (found in its dedupe's table, in TF).
         from deeplab_keras.crf import build_lattice, permutohedral
         from deeplab_keras.crf.dense_crf import _bilateral_features
 

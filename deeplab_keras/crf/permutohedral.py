@@ -44,13 +44,14 @@ The structure itself uses only ops that convert to TFLite builtins and ONNX:
 * the simplex, its barycentric weights and the key hash are computed on
   d + 1 separate [P] columns (static shapes, no gathers along a second axis)
   and one row sort;
-* the blur neighbours are found (portable forms) in a hash table of the
+* the blur neighbours are found (portable form) in a hash table of the
   lattice keys built with two plain scatters whose result does not depend on
   how a runtime treats repeated indices (bucket = key mod a prime; a bucket
   with one point names it), and only the queries that land in a shared bucket
   go to a small `tf.unique`: a `tf.unique` over all (d+1)M neighbour keys
-  took 30 % of the CRF's time in ONNX Runtime; the sparse form binary-searches
-  the sorted keys instead (searchsorted, TF only);
+  took 30 % of the CRF's time in ONNX Runtime; the sparse and "tflite" forms
+  look the neighbours up in their dedupe's table of first occurrences
+  (`_unique_by_hashing`);
 * the portable splat is `tf.tensor_scatter_nd_add` (TFLite SCATTER_ND, ONNX
   ScatterND with reduction="add"), not `unsorted_segment_sum`, which tf2onnx
   lowers to a sort plus a dense [points x max-count] grid.
@@ -325,14 +326,15 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
 
     if implementation == "portable":
         points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
+        num_points = tf.shape(points)[0]
+        neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d)
     else:
-        points, vertex_index = _unique_by_hashing(tf.reshape(key_hash, [-1]))
-    num_points = tf.shape(points)[0]
-    if implementation == "sparse":
-        neighbours = _blur_neighbours_by_search(points, deltas, num_points, d)
-    else:
-        neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d,
-                                                 by_segment_max=implementation == "tflite")
+        points, vertex_index, find = _unique_by_hashing(tf.reshape(key_hash, [-1]))
+        num_points = tf.shape(points)[0]
+        # Only the "+" neighbours are looked up (see _blur_neighbours_by_hashing).
+        plus = find(tf.reshape(points[None] + tf.stack(deltas)[:, None], [-1]), num_points)
+        neighbours = _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d,
+                                            by_segment_max=True)
     offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
     # The run-time probe only where its answer is used (the portable splat).
     summing = _scatter_sums(features) if implementation == "portable" else implementation == "tflite"
@@ -354,23 +356,34 @@ def _unique_by_hashing(keys):
     Bucket b = key mod `_TABLE_SIZE` keeps the first position of its keys
     (`unsorted_segment_min`); an entry whose key equals its bucket's first
     key takes that key's index, and only the entries of the other keys of
-    shared buckets (a few %) go to a small `tf.unique`. Returns the points
-    (the first keys of their buckets in order of first occurrence, then the
-    rest in order of first occurrence) and each entry's index.
+    shared buckets (a few %) go to a small `tf.unique`.
 
     TF and LiteRT only (tf2onnx lowers unsorted_segment_min to a dense
     [entries x segments] grid): at 375x500 36 ms in TF against 55 ms for
     `tf.unique`, a single-threaded hash map; in LiteRT the CRF at 513x513
     goes from 2.07 to 1.93 s.
+
+    Returns:
+        points: int64 [M], the first keys of their buckets in order of first
+            occurrence, then the other keys in order of first occurrence;
+        index: int32 [N], each key's index in points;
+        find: a function (int64 queries [Q], int32 missing) -> int32 [Q],
+            each query's index in points, or `missing` where it is none, by
+            the same table (the blur-neighbour search).
     """
     count = tf.shape(keys)[0]
     size = tf.maximum(count // 64, _TABLE_SIZE)
-    bucket = tf.cast(tf.math.floormod(keys, tf.cast(size, tf.int64)), tf.int32)
+
+    def bucket_of(x):
+        return tf.cast(tf.math.floormod(x, tf.cast(size, tf.int64)), tf.int32)
+
+    bucket = bucket_of(keys)
     # 0, but read from the input: with static shapes a converter would store
     # tf.range(count) as a constant (6 MiB in the 513x513 TFLite model).
     zero = tf.minimum(tf.reduce_min(bucket[:1]), 0)
     position = tf.range(zero, zero + count)
-    first = tf.gather(tf.math.unsorted_segment_min(position, bucket, size), bucket)  # [N]
+    table = tf.math.unsorted_segment_min(position, bucket, size)  # [T]; int32 max where empty
+    first = tf.gather(table, bucket)  # [N]
     is_first = tf.equal(first, position)
     # Number the first entries in order: a scatter of M indices, not a
     # cumsum over all N (7.5 against 1.5 ms in TF).
@@ -383,7 +396,29 @@ def _unique_by_hashing(keys):
     # Distinct indices: plain scatter.
     index = tf.where(same, tf.gather(number, first),
                      num_first + tf.scatter_nd(lost[:, None], lost_index, count[None]))
-    return tf.concat([tf.gather(keys, first_positions), lost_points], axis=0), index
+    points = tf.concat([tf.gather(keys, first_positions), lost_points], axis=0)
+
+    def find(queries, missing):
+        entry = tf.gather(table, bucket_of(queries))
+        occupied = entry < count
+        entry = tf.minimum(entry, tf.maximum(count - 1, 0))
+        hit = occupied & tf.equal(tf.gather(keys, entry), queries)
+        found = tf.where(hit, tf.gather(number, entry), missing)
+        # A query whose bucket holds another first key may be one of the
+        # other keys of a shared bucket (few queries): tf.unique over those
+        # keys followed by these queries (order of first occurrence kept,
+        # as by TFLite UNIQUE) gives an index below their count exactly
+        # where it is one.
+        asked = tf.cast(tf.reshape(tf.where(occupied & tf.logical_not(hit)), [-1]), tf.int32)
+        num_lost = tf.shape(lost_points)[0]
+        _, which = tf.unique(tf.concat([lost_points, tf.gather(queries, asked)], axis=0))
+        which = which[num_lost:]
+        resolved = tf.where(which < num_lost, num_first + which, missing)
+        # Distinct indices: plain scatter (+1 so that 0 means "not asked").
+        resolved = tf.scatter_nd(asked[:, None], resolved + 1, tf.shape(queries)) - 1
+        return tf.where(occupied & tf.logical_not(hit), resolved, found)
+
+    return points, index, find
 
 
 def _scatter_sums(features):
@@ -483,7 +518,7 @@ def _with_minus_neighbours(plus, num_points, d, by_segment_max=False):
 _TABLE_SIZE = 4194301
 
 
-def _blur_neighbours_by_hashing(points, deltas, num_points, d, by_segment_max=False):
+def _blur_neighbours_by_hashing(points, deltas, num_points, d):
     """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists.
 
     The portable forms' search, by a hash table built with two plain
@@ -546,29 +581,7 @@ def _blur_neighbours_by_hashing(points, deltas, num_points, d, by_segment_max=Fa
     # Distinct indices: plain scatter (+1 so that 0 means "not asked").
     resolved = tf.scatter_nd(asked[:, None], resolved + 1, tf.shape(queries)) - 1
     plus = tf.where(entry < 0, resolved, plus)
-    return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d,
-                                  by_segment_max)
-
-
-def _blur_neighbours_by_search(points, deltas, num_points, d):
-    """`_blur_neighbours_by_hashing` by binary search in the sorted keys.
-
-    The same table (tested); TensorFlow only (searchsorted has no TFLite
-    builtin; the sparse form never converts anyway). Only the "+"
-    neighbours are searched and the table is inverted for the "-" ones
-    (`_with_minus_neighbours`): 41 ms against 63 ms for searching both at
-    375x500, where sorting the M keys and searching took half the time of
-    a `tf.unique` over the points and their neighbour keys.
-    """
-    order = tf.argsort(points)
-    keys = tf.gather(points, order)
-    step = tf.stack(deltas)[:, None]  # [d+1, 1]
-    queries = tf.reshape(points[None] + step, [-1])
-    position = tf.minimum(tf.searchsorted(keys, queries, side="left"), tf.maximum(num_points - 1, 0))
-    found = tf.equal(tf.gather(keys, position), queries)
-    plus = tf.where(found, tf.gather(order, position), num_points)
-    return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d,
-                                  by_segment_max=True)
+    return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d)
 
 
 def _splat_matrix(offsets, weights, num_points, d):
