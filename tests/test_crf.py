@@ -188,14 +188,14 @@ class TestPydensecrfParity:
         num_points = int(portable.num_points)
         assert num_points > 1000
         assert (portable.neighbours.numpy()[:, :num_points] < num_points).mean() > 0.5  # most exist
-        offsets, neighbours = canonical_structure(portable)
+        offsets, neighbours = canonical_structure(portable.offsets, portable.neighbours)
         np.testing.assert_array_equal(offsets, portable.offsets.numpy())  # tf.unique's numbering
         np.testing.assert_array_equal(neighbours, portable.neighbours.numpy())
         for implementation in ("sparse", "tflite"):
             other = build_lattice(features, implementation=implementation)
             assert int(other.num_points) == num_points
             np.testing.assert_array_equal(other.weights.numpy(), portable.weights.numpy())
-            got_offsets, got_neighbours = canonical_structure(other)
+            got_offsets, got_neighbours = canonical_structure(other.offsets, other.neighbours)
             np.testing.assert_array_equal(got_offsets, offsets)
             np.testing.assert_array_equal(got_neighbours, neighbours)
 
@@ -211,10 +211,12 @@ class TestPydensecrfParity:
         # a table of this size (M / 64 buckets at the least).
         image = scene[0][:24, :32]
         features = _bilateral_features(tf.constant(image[None], tf.float32), 5.0, 3.0)
-        expected = canonical_structure(build_lattice(features, implementation="portable"))
+        portable = build_lattice(features, implementation="portable")
+        expected = canonical_structure(portable.offsets, portable.neighbours)
         monkeypatch.setattr(permutohedral, "_TABLE_SIZE", table_size)
         for implementation in ("portable", "sparse", "tflite"):
-            got = canonical_structure(build_lattice(features, implementation=implementation))
+            lattice = build_lattice(features, implementation=implementation)
+            got = canonical_structure(lattice.offsets, lattice.neighbours)
             np.testing.assert_array_equal(got[0], expected[0])
             np.testing.assert_array_equal(got[1], expected[1])
 

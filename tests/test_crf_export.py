@@ -31,7 +31,8 @@ def _tflite(fn):
     return converter.convert()
 
 
-def _run_tflite(model_bytes, feeds):
+def _interpreter(model_bytes, feeds):
+    """A LiteRT interpreter that has run the model on feeds."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=model_bytes)
@@ -39,6 +40,11 @@ def _run_tflite(model_bytes, feeds):
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], feeds[_input_key(detail["name"], feeds)])
     interpreter.invoke()
+    return interpreter
+
+
+def _run_tflite(model_bytes, feeds):
+    interpreter = _interpreter(model_bytes, feeds)
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     ops = {d["op_name"] for d in interpreter._get_ops_details()}
     return out, ops
@@ -57,6 +63,16 @@ def _run_onnx(model, feeds):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     inputs = {i.name: feeds[_input_key(i.name, feeds)] for i in session.get_inputs()}
     return session.run(None, inputs)[0]
+
+
+def _run_onnx_outputs(model, feeds):
+    """All outputs of a converted function that returns a dict, by key."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    inputs = {i.name: feeds[_input_key(i.name, feeds)] for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, inputs)))
 
 
 def _input_key(name, feeds):
@@ -253,8 +269,9 @@ class TestCrfAlone:
         def count(model, name):
             return sum(d["op_name"] == name for d in Interpreter(model_content=model)._get_ops_details())
 
-        # 1 normalisation filter + 10 iterations.
-        assert count(plain_model, "IF") == 11 and count(tflite_model, "IF") == 0
+        # 1 normalisation filter + 10 iterations, and the vertex dedupe
+        # (tf.unique or the scatter-built table, on the same probe).
+        assert count(plain_model, "IF") == 11 + 1 and count(tflite_model, "IF") == 0
         assert count(plain_model, "GATHER_ND") == count(tflite_model, "GATHER_ND") == 0
         # The export form: 11 splats outside any IF, no run-time probe, and
         # the "-" neighbour table inverted by UNSORTED_SEGMENT_MAX instead of
@@ -291,21 +308,52 @@ class TestCrfAlone:
 
         image = sample[0][:, :16, :20].astype(np.float32)
         features = _bilateral_features(tf.constant(image), 5.0, 3.0)
-        # The portable form numbers the points with tf.unique (order of
-        # first occurrence); the sparse form, renumbered so, is the reference.
-        _, expected = canonical_structure(build_lattice(features, implementation="sparse"))
+        # The lattice points are numbered differently by each dedupe
+        # (tf.unique in LiteRT, the scatter-built table in ONNX Runtime, the
+        # segment-min table in the sparse form): compare renumbered in order
+        # of first occurrence.
+        sparse = build_lattice(features, implementation="sparse")
+        expected = canonical_structure(sparse.offsets, sparse.neighbours)
         monkeypatch.setattr(permutohedral, "_TABLE_SIZE", 7)
 
         @tf.function(input_signature=[tf.TensorSpec(features.shape, tf.float32, name="features")])
-        def neighbours(features):
-            return build_lattice(features, implementation="portable").neighbours
+        def structure(features):
+            lattice = build_lattice(features, implementation="portable")
+            return {"offsets": lattice.offsets, "neighbours": lattice.neighbours}
 
         feeds = {"features": features.numpy()}
-        got_tflite, _ = _run_tflite(_tflite(neighbours), feeds)
-        got_onnx = _run_onnx(_onnx(neighbours), feeds)
-        assert expected.shape[1] > 100
-        np.testing.assert_array_equal(got_tflite, expected)
-        np.testing.assert_array_equal(got_onnx, expected)
+        # TFLite output names do not carry the dict keys; the ranks tell them apart.
+        interpreter = _interpreter(_tflite(structure), feeds)
+        by_rank = {len(d["shape"]): interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+        got_tflite = {"offsets": by_rank[2], "neighbours": by_rank[3]}
+        got_onnx = _run_onnx_outputs(_onnx(structure), feeds)
+        assert expected[1].shape[1] > 100
+        for got in (got_tflite, got_onnx):
+            offsets, neighbours = canonical_structure(got["offsets"], got["neighbours"])
+            np.testing.assert_array_equal(offsets, expected[0])
+            np.testing.assert_array_equal(neighbours, expected[1])
+
+    @pytest.mark.parametrize("table_size", [1, 7, 4194301])
+    def test_dedupe_by_the_onnx_scatter(self, monkeypatch, table_size):
+        # In ONNX Runtime the portable form deduplicates the vertex keys in
+        # a table built with a plain ScatterND, which keeps one of the
+        # positions written to a bucket (TF sums them, so this runs only
+        # converted). With 1 or 7 buckets (N / 64 = 28 at the least) nearly
+        # every key is in a shared bucket.
+        from deeplab_keras.crf import permutohedral
+
+        rng = np.random.default_rng(table_size)
+        keys = rng.choice(rng.integers(0, 2**60, 300), 1800)
+        monkeypatch.setattr(permutohedral, "_TABLE_SIZE", table_size)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="keys")])
+        def dedupe(keys):
+            points, index, _ = permutohedral._unique_by_hashing(keys, winning_scatter=True)
+            return {"points": points, "index": index}
+
+        got = _run_onnx_outputs(_onnx(dedupe), {"keys": keys})
+        assert len(got["points"]) == len(set(got["points"].tolist())) == len(set(keys.tolist()))
+        np.testing.assert_array_equal(got["points"][got["index"]], keys)
 
     def test_explicit_sparse_graph_refuses_tflite_loudly(self):
         # implementation="sparse" uses SparseTensorDenseMatMul, which has no

@@ -35,12 +35,14 @@ is built once per image from the features by `build_lattice`; only
 The structure itself uses only ops that convert to TFLite builtins and ONNX:
 
 * lattice points are identified by an int64 mixed-radix hash of their integer
-  coordinates and deduplicated with `tf.unique` (ONNX Unique) in the
-  portable form, and in the sparse and "tflite" forms by a hash table of
-  first occurrences (`unsorted_segment_min`; TFLite UNSORTED_SEGMENT_MIN),
-  which is faster than TF's Unique and LiteRT's UNIQUE (a `std::map`) but
-  has no useful ONNX lowering; the lattice points are then numbered in
-  another order, with the same numbers out of the filter;
+  coordinates and deduplicated by a hash table of first occurrences, built
+  with `unsorted_segment_min` (TFLite UNSORTED_SEGMENT_MIN) in the sparse and
+  "tflite" forms; this is faster than TF's Unique and LiteRT's UNIQUE (a
+  `std::map`), but tf2onnx has no useful lowering of segment ops, so the
+  portable form switches on the scatter probe: `tf.unique` where the
+  scatter sums (TF, LiteRT), and where it keeps one value (ONNX Runtime) the
+  table built with that scatter. The lattice points are numbered in another
+  order by each, with the same numbers out of the filter;
 * the simplex, its barycentric weights and the key hash are computed on
   d + 1 separate [P] columns (static shapes, no gathers along a second axis)
   and one row sort;
@@ -324,8 +326,16 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     rem0, rank, weights = _enclosing_simplex(elevated, d)
     key_hash, deltas = _key_hash(rem0, rank, image_ids, d)  # [P, d+1]
 
+    # The run-time probe only where its answer is used (the portable form).
+    summing = _scatter_sums(features) if implementation == "portable" else implementation == "tflite"
     if implementation == "portable":
-        points, vertex_index = tf.unique(tf.reshape(key_hash, [-1]))
+        # tf.unique where the scatter sums (TF, LiteRT); where it keeps one
+        # of the values written to an index (ONNX Runtime), the hash table
+        # of `_unique_by_hashing` built with that scatter (ONNX Runtime at
+        # 375x500x21: 1.53 -> 1.31 s; its Unique is a hash map).
+        flat = tf.reshape(key_hash, [-1])
+        points, vertex_index = tf.cond(summing, lambda: tuple(tf.unique(flat)),
+                                       lambda: _unique_by_hashing(flat, winning_scatter=True)[:2])
         num_points = tf.shape(points)[0]
         neighbours = _blur_neighbours_by_hashing(points, deltas, num_points, d)
     else:
@@ -336,8 +346,6 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
         neighbours = _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d,
                                             by_segment_max=True)
     offsets = tf.reshape(vertex_index, tf.stack([num_input, d + 1]))
-    # The run-time probe only where its answer is used (the portable splat).
-    summing = _scatter_sums(features) if implementation == "portable" else implementation == "tflite"
     lattice = Lattice(offsets=offsets, weights=weights, neighbours=neighbours, num_points=num_points,
                       summing_scatter=summing)
     if implementation == "sparse":
@@ -350,7 +358,7 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     return lattice
 
 
-def _unique_by_hashing(keys):
+def _unique_by_hashing(keys, winning_scatter=False):
     """`tf.unique` of int64 keys [N] by a hash table of first occurrences.
 
     Bucket b = key mod `_TABLE_SIZE` keeps the first position of its keys
@@ -358,10 +366,14 @@ def _unique_by_hashing(keys):
     key takes that key's index, and only the entries of the other keys of
     shared buckets (a few %) go to a small `tf.unique`.
 
-    TF and LiteRT only (tf2onnx lowers unsorted_segment_min to a dense
-    [entries x segments] grid): at 375x500 36 ms in TF against 55 ms for
-    `tf.unique`, a single-threaded hash map; in LiteRT the CRF at 513x513
-    goes from 2.07 to 1.93 s.
+    `unsorted_segment_min` is for TF and LiteRT (tf2onnx lowers it to a
+    dense [entries x segments] grid): at 375x500 36 ms in TF against 55 ms
+    for `tf.unique`, a single-threaded hash map; in LiteRT the CRF at
+    513x513 goes from 2.07 to 1.93 s. With winning_scatter, each bucket
+    keeps whichever of its positions a plain `tf.scatter_nd` leaves there,
+    which is only right where the scatter keeps one of the values written
+    to an index (ONNX Runtime's ScatterND without reduction; TF and LiteRT
+    sum them): the bucket's "first" key is then that position's.
 
     Returns:
         points: int64 [M], the first keys of their buckets in order of first
@@ -369,7 +381,8 @@ def _unique_by_hashing(keys):
         index: int32 [N], each key's index in points;
         find: a function (int64 queries [Q], int32 missing) -> int32 [Q],
             each query's index in points, or `missing` where it is none, by
-            the same table (the blur-neighbour search).
+            the same table (the blur-neighbour search); None with
+            winning_scatter.
     """
     count = tf.shape(keys)[0]
     size = tf.maximum(count // 64, _TABLE_SIZE)
@@ -382,7 +395,10 @@ def _unique_by_hashing(keys):
     # tf.range(count) as a constant (6 MiB in the 513x513 TFLite model).
     zero = tf.minimum(tf.reduce_min(bucket[:1]), 0)
     position = tf.range(zero, zero + count)
-    table = tf.math.unsorted_segment_min(position, bucket, size)  # [T]; int32 max where empty
+    if winning_scatter:
+        table = tf.scatter_nd(bucket[:, None], position, size[None])  # one of each bucket's positions
+    else:
+        table = tf.math.unsorted_segment_min(position, bucket, size)  # [T]; int32 max where empty
     first = tf.gather(table, bucket)  # [N]
     is_first = tf.equal(first, position)
     # Number the first entries in order: a scatter of M indices, not a
@@ -418,7 +434,7 @@ def _unique_by_hashing(keys):
         resolved = tf.scatter_nd(asked[:, None], resolved + 1, tf.shape(queries)) - 1
         return tf.where(occupied & tf.logical_not(hit), resolved, found)
 
-    return points, index, find
+    return points, index, None if winning_scatter else find
 
 
 def _scatter_sums(features):

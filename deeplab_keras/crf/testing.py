@@ -147,12 +147,13 @@ def pydensecrf_inference(image, logits, iterations=10, spatial_weight=3.0, spati
     return q.T.reshape(height, width, num_classes)
 
 
-def canonical_structure(lattice):
-    """(offsets, neighbours) with the lattice points renumbered in order of
-    first occurrence in the offsets (tf.unique's numbering), so that lattices
-    deduplicated in different orders compare equal."""
-    offsets, neighbours = lattice.offsets.numpy(), lattice.neighbours.numpy()
-    num_points = int(lattice.num_points)
+def canonical_structure(offsets, neighbours):
+    """A lattice's offsets [P, d+1] and neighbours [d+1, M+1, 2] (tensors or
+    arrays) with the points renumbered in order of first occurrence in the
+    offsets (tf.unique's numbering), so that lattices deduplicated in
+    different orders compare equal."""
+    offsets, neighbours = np.asarray(offsets), np.asarray(neighbours)
+    num_points = neighbours.shape[1] - 1
     ids, first = np.unique(offsets.ravel(), return_index=True)
     if not np.array_equal(ids, np.arange(num_points)):
         raise ValueError(f"every lattice point must be a vertex of some input point; the offsets name "
