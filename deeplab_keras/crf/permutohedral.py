@@ -373,10 +373,14 @@ def _unique_by_hashing(keys, winning_scatter=False):
     keeps whichever of its positions a plain `tf.scatter_nd` leaves there,
     which is only right where the scatter keeps one of the values written
     to an index (ONNX Runtime's ScatterND without reduction; TF and LiteRT
-    sum them): the bucket's "first" key is then that position's.
+    sum them): the bucket's "first" key is then that position's. The ONNX
+    standard leaves repeated indices without reduction undefined; ONNX
+    Runtime keeps one of the values (tested after conversion), which the
+    portable blur-neighbour table assumes too.
 
     Returns:
-        points: int64 [M], the first keys of their buckets in order of first
+        points: int64 [M], the first keys of their buckets (with
+            winning_scatter: the keys the scatter kept) in order of first
             occurrence, then the other keys in order of first occurrence;
         index: int32 [N], each key's index in points;
         find: a function (int64 queries [Q], int32 missing) -> int32 [Q],
