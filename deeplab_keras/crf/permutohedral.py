@@ -54,9 +54,9 @@ The structure itself uses only ops that convert to TFLite builtins and ONNX:
   took 30 % of the CRF's time in ONNX Runtime; the sparse and "tflite" forms
   look the neighbours up in their dedupe's table of first occurrences
   (`_unique_by_hashing`);
-* the portable splat is `tf.tensor_scatter_nd_add` (TFLite SCATTER_ND, ONNX
-  ScatterND with reduction="add"), not `unsorted_segment_sum`, which tf2onnx
-  lowers to a sort plus a dense [points x max-count] grid.
+* the portable splat is a scatter (`tf.scatter_nd` or
+  `tf.tensor_scatter_nd_add`, above), not `unsorted_segment_sum`, which
+  tf2onnx lowers to a sort plus a dense [points x max-count] grid.
 
 As in pydensecrf, the lattice's [1 2 1] blurs reach about 2.5 sigma (with the
 DeepLab v2 sigma_alpha = 67 px: about 170 px at equal colour); beyond that the
@@ -358,6 +358,45 @@ def build_lattice(features, image_ids=None, implementation="sparse"):
     return lattice
 
 
+# Size of the open-addressing-free hash tables (`_unique_by_hashing`,
+# `_blur_neighbours_by_hashing`): a prime, so the mixed-radix keys spread over
+# its buckets (at 375x500 about 3 % of the 121140 lattice points share a
+# bucket).
+_TABLE_SIZE = 4194301
+
+
+def _table_size(count):
+    """Buckets of the hash tables for `count` keys: a size known only at run
+    time, so converters do not store an empty table as a 16 MiB constant (it
+    is the prime `_TABLE_SIZE` below 268 M keys)."""
+    return tf.maximum(count // 64, _TABLE_SIZE)
+
+
+def _bucket(keys, size):
+    """int32 bucket of each int64 key: key mod size."""
+    return tf.cast(tf.math.floormod(keys, tf.cast(size, tf.int64)), tf.int32)
+
+
+def _look_up_among(keys, ids, queries, asked, found, missing):
+    """found [Q], except where asked (bool [Q]): the id (ids [S]) of the
+    query among a few distinct keys [S], or missing where it is none.
+
+    The hash tables' fallback for shared buckets: tf.unique over the keys
+    followed by the asked queries keeps the order of first occurrence (so do
+    TFLite UNIQUE and ONNX Unique with sorted=0), so a query gets an index
+    below S exactly where it is one of the keys.
+    """
+    where_asked = tf.cast(tf.reshape(tf.where(asked), [-1]), tf.int32)
+    num_keys = tf.shape(keys)[0]
+    _, index = tf.unique(tf.concat([keys, tf.gather(queries, where_asked)], axis=0))
+    # Index S (not one of the keys) picks `missing`; no gather from an empty ids.
+    padded = tf.concat([ids, tf.reshape(missing, [1])], axis=0)
+    resolved = tf.gather(padded, tf.minimum(index[num_keys:], num_keys))
+    # Distinct indices: plain scatter (+1 so that 0 means "not asked").
+    resolved = tf.scatter_nd(where_asked[:, None], resolved + 1, tf.shape(queries)) - 1
+    return tf.where(asked, resolved, found)
+
+
 def _unique_by_hashing(keys, winning_scatter=False):
     """`tf.unique` of int64 keys [N] by a hash table of first occurrences.
 
@@ -389,12 +428,8 @@ def _unique_by_hashing(keys, winning_scatter=False):
             winning_scatter.
     """
     count = tf.shape(keys)[0]
-    size = tf.maximum(count // 64, _TABLE_SIZE)
-
-    def bucket_of(x):
-        return tf.cast(tf.math.floormod(x, tf.cast(size, tf.int64)), tf.int32)
-
-    bucket = bucket_of(keys)
+    size = _table_size(count)
+    bucket = _bucket(keys, size)
     # 0, but read from the input: with static shapes a converter would store
     # tf.range(count) as a constant (6 MiB in the 513x513 TFLite model).
     zero = tf.minimum(tf.reduce_min(bucket[:1]), 0)
@@ -419,24 +454,15 @@ def _unique_by_hashing(keys, winning_scatter=False):
     points = tf.concat([tf.gather(keys, first_positions), lost_points], axis=0)
 
     def find(queries, missing):
-        entry = tf.gather(table, bucket_of(queries))
+        entry = tf.gather(table, _bucket(queries, size))
         occupied = entry < count
         entry = tf.minimum(entry, tf.maximum(count - 1, 0))
         hit = occupied & tf.equal(tf.gather(keys, entry), queries)
         found = tf.where(hit, tf.gather(number, entry), missing)
         # A query whose bucket holds another first key may be one of the
-        # other keys of a shared bucket (few queries): tf.unique over those
-        # keys followed by these queries (order of first occurrence kept,
-        # as by TFLite UNIQUE) gives an index below their count exactly
-        # where it is one.
-        asked = tf.cast(tf.reshape(tf.where(occupied & tf.logical_not(hit)), [-1]), tf.int32)
-        num_lost = tf.shape(lost_points)[0]
-        _, which = tf.unique(tf.concat([lost_points, tf.gather(queries, asked)], axis=0))
-        which = which[num_lost:]
-        resolved = tf.where(which < num_lost, num_first + which, missing)
-        # Distinct indices: plain scatter (+1 so that 0 means "not asked").
-        resolved = tf.scatter_nd(asked[:, None], resolved + 1, tf.shape(queries)) - 1
-        return tf.where(occupied & tf.logical_not(hit), resolved, found)
+        # other keys of a shared bucket (few queries).
+        lost_ids = num_first + tf.range(tf.shape(lost_points)[0])
+        return _look_up_among(lost_points, lost_ids, queries, occupied & tf.logical_not(hit), found, missing)
 
     return points, index, None if winning_scatter else find
 
@@ -532,12 +558,6 @@ def _with_minus_neighbours(plus, num_points, d, by_segment_max=False):
     return tf.concat([found, sentinel], axis=1)
 
 
-# Size of the open-addressing-free hash table of `_blur_neighbours_by_hashing`:
-# a prime, so the mixed-radix keys spread over its buckets (at 375x500 about
-# 3 % of the 121140 lattice points share a bucket).
-_TABLE_SIZE = 4194301
-
-
 def _blur_neighbours_by_hashing(points, deltas, num_points, d):
     """[d+1, M+1, 2] neighbour indices; M (the zero row) where none exists.
 
@@ -567,12 +587,10 @@ def _blur_neighbours_by_hashing(points, deltas, num_points, d):
     expands it into seven ops over the 4 M-bucket table (0.2 s of the
     plain-traced CRF at 375x500x21).
     """
-    # A size known only at run time, so converters do not store the empty
-    # table as a 16 MiB constant (it is the prime below 268 M points).
-    size = tf.maximum(num_points // 64, _TABLE_SIZE)
+    size = _table_size(num_points)
     shape = size[None]
     own = tf.range(num_points)
-    bucket = tf.cast(tf.math.floormod(points, tf.cast(size, tf.int64)), tf.int32)[:, None]
+    bucket = _bucket(points, size)[:, None]
     first = tf.scatter_nd(bucket, own + 1, shape)
     lost = tf.reshape(tf.where(tf.not_equal(tf.gather(first, bucket[:, 0]), own + 1)), [-1])
     lost_bucket = tf.gather(bucket, tf.cast(lost, tf.int32))
@@ -580,27 +598,14 @@ def _blur_neighbours_by_hashing(points, deltas, num_points, d):
     table = tf.where(marked > 0, -1, first)
     step = tf.stack(deltas)[:, None]  # [d+1, 1]
     queries = tf.reshape(points[None] + step, [-1])  # [(d+1) M]
-    query_bucket = tf.cast(tf.math.floormod(queries, tf.cast(size, tf.int64)), tf.int32)
-    entry = tf.gather(table, query_bucket)
+    entry = tf.gather(table, _bucket(queries, size))
     candidate = tf.clip_by_value(entry - 1, 0, tf.maximum(num_points - 1, 0))
     hit = (entry > 0) & tf.equal(tf.gather(points, candidate), queries)
     plus = tf.where(hit, candidate, num_points)
 
-    # Shared buckets: tf.unique over their points followed by their queries.
-    # tf.unique keeps the order of first occurrence (so do TFLite UNIQUE and
-    # ONNX Unique with sorted=0): the shared points keep indices 0..S-1 and a
-    # query outside the lattice gets an index >= S.
-    shared = tf.reshape(tf.where(tf.gather(table, bucket[:, 0]) < 0), [-1])
-    shared = tf.cast(shared, tf.int32)
-    asked = tf.cast(tf.reshape(tf.where(entry < 0), [-1]), tf.int32)
-    _, index = tf.unique(tf.concat([tf.gather(points, shared), tf.gather(queries, asked)], axis=0))
-    num_shared = tf.shape(shared)[0]
-    answer = index[num_shared:]
-    resolved = tf.where(answer < num_shared, tf.gather(shared, tf.minimum(answer, tf.maximum(num_shared - 1, 0))),
-                        num_points)
-    # Distinct indices: plain scatter (+1 so that 0 means "not asked").
-    resolved = tf.scatter_nd(asked[:, None], resolved + 1, tf.shape(queries)) - 1
-    plus = tf.where(entry < 0, resolved, plus)
+    # Queries in shared buckets: looked up among those buckets' points.
+    shared = tf.cast(tf.reshape(tf.where(tf.gather(table, bucket[:, 0]) < 0), [-1]), tf.int32)
+    plus = _look_up_among(tf.gather(points, shared), shared, queries, entry < 0, plus, num_points)
     return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d)
 
 
