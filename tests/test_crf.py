@@ -126,6 +126,7 @@ class TestExactness:
         np.testing.assert_array_equal(weights.numpy(), expected)
         assert weights.numpy().min() >= 0.0
 
+
 @pytest.fixture(scope="module")
 def scene():
     num_classes = 6

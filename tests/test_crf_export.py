@@ -58,15 +58,12 @@ def _onnx(fn):
 
 
 def _run_onnx(model, feeds):
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    inputs = {i.name: feeds[_input_key(i.name, feeds)] for i in session.get_inputs()}
-    return session.run(None, inputs)[0]
+    """The first output."""
+    return next(iter(_run_onnx_outputs(model, feeds).values()))
 
 
 def _run_onnx_outputs(model, feeds):
-    """All outputs of a converted function that returns a dict, by key."""
+    """All outputs, by name (a converted function's dict keys)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
