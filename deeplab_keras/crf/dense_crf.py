@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_keras.crf.gaussian import spatial_filter
-from deeplab_keras.crf.permutohedral import IMPLEMENTATIONS, build_lattice, lattice_filter, scale_lattice
+from deeplab_keras.crf.permutohedral import IMPLEMENTATIONS, build_lattice, column_chunks, lattice_filter, scale_lattice
 
 # pydensecrf adds 1e-20 before the inverse square root of the kernel's row sums.
 _NORM_EPS = 1e-20
@@ -326,19 +326,20 @@ def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilat
                                bilateral_spatial_sigma / f, bilateral_color_sigma, implementation,
                                pairwise_only=True)
         pairwise = tf.image.resize(pairwise, tf.shape(logits)[1:3], method="bilinear")
-        q = tf.nn.softmax(tf.nn.log_softmax(logits, axis=-1) + pairwise, axis=-1)
+        q = tf.nn.softmax(logits + pairwise, axis=-1)
         if refine_iterations == 0:
             return q
         return _mean_field(images, logits, refine_iterations, spatial_weight, spatial_sigma, bilateral_weight,
                            bilateral_spatial_sigma, bilateral_color_sigma, implementation, initial_q=q)
     shape = tf.shape(logits)
-    num_classes = shape[3]
-    unary = tf.nn.log_softmax(logits, axis=-1)  # -U, [B, H, W, C]
-    q = tf.nn.softmax(unary, axis=-1) if initial_q is None else initial_q
+    # The unary -U is log_softmax(logits); softmax(-U + m) = softmax(logits + m)
+    # for any message m (the per-pixel log-normaliser cancels), so the
+    # logits stand in for it (13 ms less at 375x500x21).
+    q = tf.nn.softmax(logits, axis=-1) if initial_q is None else initial_q
     if iterations == 0 or (spatial_weight == 0 and bilateral_weight == 0):
         return q
 
-    flat = tf.stack([-1, num_classes])
+    sizes = [logits.shape[-1]]
     if bilateral_weight > 0:
         features = _bilateral_features(images, bilateral_spatial_sigma, bilateral_color_sigma)
         image_ids = None
@@ -356,20 +357,38 @@ def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilat
         norm = tf.math.rsqrt(lattice_filter(lattice, ones) + _NORM_EPS)  # [P, 1]
         # w1 D^-1/2 K D^-1/2 as one operator.
         bilateral = scale_lattice(lattice, pre_scale=norm, post_scale=np.float32(bilateral_weight) * norm)
+        sizes = column_chunks(bilateral, logits.shape[-1])
     if spatial_weight > 0:
         ones = tf.ones(tf.stack([1, shape[1], shape[2], 1]), tf.float32)
         spatial_norm = tf.math.rsqrt(spatial_filter(ones, spatial_sigma) + _NORM_EPS)  # [1, H, W, 1]
         spatial_post = np.float32(spatial_weight) * spatial_norm
 
-    for step in range(iterations):
-        terms = [unary]
-        if spatial_weight > 0:
-            terms.append(spatial_post * spatial_filter(q * spatial_norm, spatial_sigma))
+    def message(q_part):
+        """The pairwise term of some classes. Where the sparse form filters
+        several chunks of classes at once (one per core), each chunk's
+        spatial filter waits for its bilateral filter, so that it does not
+        hold up the other chunk's: 43 against 50 ms per iteration at
+        375x500x21 (no effect in eager mode). With one chunk the two filters
+        run side by side."""
+        terms = []
         if bilateral_weight > 0:
-            terms.append(tf.reshape(lattice_filter(bilateral, tf.reshape(q, flat)), shape))
+            part_shape = tf.shape(q_part)
+            filtered = lattice_filter(bilateral, tf.reshape(q_part, tf.stack([-1, part_shape[3]])),
+                                      split_columns=False)
+            terms.append(tf.reshape(filtered, part_shape))
+        if spatial_weight > 0:
+            with tf.control_dependencies(terms if len(sizes) > 1 else []):
+                terms.append(spatial_post * spatial_filter(q_part * spatial_norm, spatial_sigma))
+        return tf.add_n(terms)
+
+    for step in range(iterations):
+        if len(sizes) == 1:
+            pairwise = message(q)
+        else:
+            pairwise = tf.concat([message(part) for part in tf.split(q, sizes, axis=-1)], axis=-1)
         if pairwise_only and step == iterations - 1:
-            return tf.add_n(terms[1:])
-        q = tf.nn.softmax(tf.add_n(terms), axis=-1)
+            return pairwise
+        q = tf.nn.softmax(logits + pairwise, axis=-1)
     return q
 
 

@@ -644,15 +644,53 @@ _MAX_CHUNK = 24
 _MIN_SPLIT = 16
 
 
+def _chunk_cost(columns):
+    """Relative cost of one sparse filter over `columns` dense columns.
+
+    The compiled inner loop of the kernel's scalar branch runs four columns
+    per step and the rest one by one, each about 3x a column in a step
+    (filter at 375x500, Intel Xeon: 8 columns 23.8 ms, 9: 25.5, 10: 28.0,
+    11: 31.0, 12: 26.8; 20: 38.9, 21: 43.8, 24: 46.4).
+    """
+    return columns + 2 * (columns % 4)
+
+
 def _column_chunks(channels):
-    """Column counts for the sparse filter: one chunk, or near-equal chunks."""
+    """Column counts for the sparse filter: one chunk, or the split into as
+    few chunks as needed (two on several cores from _MIN_SPLIT columns) whose
+    costliest chunk is cheapest, by `_chunk_cost` (21 -> 12 + 9, not 11 + 10:
+    43 against 48 ms per iteration at 375x500)."""
     if channels is None:
         return [None]
     count = -(-channels // _MAX_CHUNK)
     if count == 1 and channels >= _MIN_SPLIT and (os.cpu_count() or 1) > 1:
         count = 2
-    base, extra = divmod(channels, count)
-    return [base + (i < extra) for i in range(count)]
+    if count == 1:
+        return [channels]
+    # best[n][k]: (costliest chunk, total cost, widths) for the first n
+    # columns in k chunks; ties keep the earliest split found.
+    best = [[None] * (count + 1) for _ in range(channels + 1)]
+    best[0][0] = (0, 0, [])
+    for k in range(1, count + 1):
+        for n in range(k, channels + 1):
+            for width in range(1, min(_MAX_CHUNK, n) + 1):
+                prev = best[n - width][k - 1]
+                if prev is None:
+                    continue
+                cost = _chunk_cost(width)
+                cand = (max(prev[0], cost), prev[1] + cost, prev[2] + [width])
+                if best[n][k] is None or cand[:2] < best[n][k][:2]:
+                    best[n][k] = cand
+    return best[channels][count][2]
+
+
+def column_chunks(lattice, channels):
+    """The column widths `lattice_filter` filters `channels` columns in: the
+    sparse form's chunks (`_column_chunks`), else one. A caller with work of
+    its own per column (the CRF's spatial term) splits the same way, runs
+    the chunks with split_columns=False and schedules its work after each.
+    """
+    return _column_chunks(channels) if lattice.splat_matrix is not None else [channels]
 
 
 def _sparse_filter(lattice, values):
@@ -665,7 +703,7 @@ def _sparse_filter(lattice, values):
 # Plain Python control flow only (no tensor-dependent branches): skipping
 # autograph's source conversion makes tracing ~4x faster.
 @tf.autograph.experimental.do_not_convert
-def lattice_filter(lattice, values):
+def lattice_filter(lattice, values, split_columns=True):
     """Applies the lattice Gaussian to per-point values (splat, blur, slice).
 
     Uses the sparse matrices when the lattice has them, otherwise gathers and
@@ -674,6 +712,8 @@ def lattice_filter(lattice, values):
     Args:
         lattice: a `Lattice` from `build_lattice`.
         values: float32 [P, C].
+        split_columns: the sparse form filters wide values in column chunks
+            (`column_chunks`); False filters them in one.
 
     Returns:
         float32 [P, C]: sum_j k(f_i, f_j) values_j, approximated on the lattice
@@ -681,7 +721,7 @@ def lattice_filter(lattice, values):
     """
     d = lattice.offsets.shape[-1] - 1
     if lattice.splat_matrix is not None:
-        sizes = _column_chunks(values.shape[-1])
+        sizes = _column_chunks(values.shape[-1]) if split_columns else [None]
         if len(sizes) == 1:
             return _sparse_filter(lattice, values)
         return tf.concat([_sparse_filter(lattice, part) for part in tf.split(values, sizes, axis=1)], axis=1)
