@@ -100,6 +100,24 @@ class TestExactness:
         assert np.all(ratio > 0.35) and np.all(ratio < 1.05), ratio
 
 
+    @pytest.mark.parametrize("d", [2, 5])
+    def test_key_hash_by_rank_code_equals_the_comparisons(self, monkeypatch, d):
+        # Up to d = 5 the vertices' wrapped offsets are rows of a table
+        # gathered by the ranks' permutation code; above, per-coordinate
+        # comparisons. Both must give the same hash, ties included.
+        from deeplab_keras.crf import permutohedral
+
+        rs = np.random.RandomState(d)
+        features = np.concatenate([rs.uniform(-40.0, 40.0, (5000, d)), rs.randint(-6, 7, (5000, d))])
+        rem0, rank, _ = permutohedral._enclosing_simplex(permutohedral._elevate(tf.constant(features, tf.float32), d), d)
+        coded, deltas = permutohedral._key_hash(rem0, rank, None, d)
+        monkeypatch.setattr(permutohedral, "_MAX_CODED_D", d - 1)
+        compared, deltas2 = permutohedral._key_hash(rem0, rank, None, d)
+        np.testing.assert_array_equal(coded.numpy(), compared.numpy())
+        np.testing.assert_array_equal([int(x) for x in deltas], [int(x) for x in deltas2])
+        # Each point's d + 1 vertices are distinct lattice points.
+        assert all(len(set(row)) == d + 1 for row in coded.numpy()[:200].tolist())
+
     @pytest.mark.parametrize("kind", ["uniform", "integer_ties"])
     def test_barycentric_weights_by_sort_equal_the_slot_definition(self, kind):
         # The weights take by_slot as v sorted ascending; the reference's

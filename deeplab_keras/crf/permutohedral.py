@@ -244,7 +244,8 @@ def _key_hash(rem0, rank, image_ids, d):
 
     Being linear, the hash splits into a per-point base plus, per vertex,
     r * sum(strides) - (d+1) * sum_i stride_i [rank_i > d - r]: no
-    [P, d+1, d] key tensor is formed.
+    [P, d+1, d] key tensor is formed, and the second part is a row of a
+    table indexed by the ranks' permutation (`_rank_code`).
 
     Args:
         rem0, rank: lists of d + 1 float32 [P] columns (`_enclosing_simplex`).
@@ -258,33 +259,67 @@ def _key_hash(rem0, rank, image_ids, d):
     extent_f = tf.stack([h - l + 1.0 for h, l in zip(hi, lo)])
     _check_hash_range(extent_f, image_ids, tf.shape(rem0[0])[0])
     extent = tf.cast(extent_f, tf.int64)
-    remainders = np.arange(d + 1, dtype=np.float32)
     strides = []
     stride = tf.constant(1, tf.int64)
     base = None
-    wrapped = None
     for i in range(d):
         strides.append(stride)
         term = tf.cast(rem0[i] - lo[i], tf.int64) * stride  # >= 0
         base = term if base is None else base + term
-        step = tf.cast(rank[i][:, None] > np.float32(d) - remainders, tf.int64) * (stride * (d + 1))
-        wrapped = step if wrapped is None else wrapped + step
         stride = stride * extent[i]
     if image_ids is not None:
         base = base + tf.cast(image_ids, tf.int64) * stride
     stride_sum = strides[0]
     for stride_i in strides[1:]:
         stride_sum = stride_sum + stride_i  # not add_n: ONNX Sum has no int64
-    key_hash = base[:, None] + tf.range(d + 1, dtype=tf.int64) * stride_sum - wrapped
-    # Blur neighbour along direction j: every coordinate -1, coordinate j + d
-    # (for j = d the implicit last coordinate is the one that moves by d).
+    vertex = tf.range(d + 1, dtype=tf.int64) * stride_sum
+    if d <= _MAX_CODED_D:
+        # The wrapped part depends only on the ranks: one row of a table per
+        # rank permutation, gathered by the permutation's code (3 ms against
+        # 24 ms of [P, d+1] int64 compares, casts and products at 375x500).
+        above = tf.where(_ranks_above(d), tf.stack(strides) * (d + 1), tf.constant(0, tf.int64))
+        table = vertex - tf.reduce_sum(above, axis=2)  # [(d+1)^d, d+1]
+        return base[:, None] + tf.gather(table, _rank_code(rank, d)), _neighbour_deltas(strides, d)
+    remainders = np.arange(d + 1, dtype=np.float32)
+    wrapped = None
+    for i in range(d):
+        step = tf.cast(rank[i][:, None] > np.float32(d) - remainders, tf.int64) * (strides[i] * (d + 1))
+        wrapped = step if wrapped is None else wrapped + step
+    return base[:, None] + vertex - wrapped, _neighbour_deltas(strides, d)
+
+
+# Up to this d (the CRF's 5) the key hash gathers its per-vertex offsets from
+# a table with a row per rank code, (d+1)^d rows (7776 at d = 5).
+_MAX_CODED_D = 5
+
+
+def _rank_code(rank, d):
+    """int32 [P]: sum_{i<d} rank_i (d+1)^i, the ranks' permutation as a
+    number (rank_d follows from the others); exact in float32."""
+    code = rank[0]
+    for i in range(1, d):
+        code = code + rank[i] * np.float32((d + 1) ** i)
+    return tf.cast(code, tf.int32)
+
+
+def _ranks_above(d):
+    """bool [(d+1)^d, d+1, d]: for each rank code, vertex r and coordinate
+    i < d, whether rank_i > d - r (vertex r's coordinate i wraps by -(d+1))."""
+    codes = np.arange((d + 1) ** d)
+    ranks = (codes[:, None] // (d + 1) ** np.arange(d)) % (d + 1)  # [K, d]
+    return ranks[:, None, :] > (d - np.arange(d + 1))[None, :, None]
+
+
+def _neighbour_deltas(strides, d):
+    """The hash offset of each direction's blur neighbour: every coordinate
+    -1, coordinate j + d (for j = d the implicit last coordinate moves)."""
     deltas = []
     for j in range(d + 1):
         delta = tf.constant(0, tf.int64)
         for i in range(d):
             delta = delta + (np.int64(d) if i == j else np.int64(-1)) * strides[i]
         deltas.append(delta)
-    return key_hash, deltas
+    return deltas
 
 
 # Plain Python control flow only (no tensor-dependent branches): skipping
@@ -456,9 +491,11 @@ def _unique_by_hashing(keys, winning_scatter=False):
     def find(queries, missing):
         entry = tf.gather(table, _bucket(queries, size))
         occupied = entry < count
-        entry = tf.minimum(entry, tf.maximum(count - 1, 0))
-        hit = occupied & tf.equal(tf.gather(keys, entry), queries)
-        found = tf.where(hit, tf.gather(number, entry), missing)
+        # The bucket's first key by its number: a gather from the M points,
+        # not from the N keys (3.6 against 8.3 ms at 375x500).
+        candidate = tf.gather(number, tf.minimum(entry, tf.maximum(count - 1, 0)))
+        hit = occupied & tf.equal(tf.gather(points, candidate), queries)
+        found = tf.where(hit, candidate, missing)
         # A query whose bucket holds another first key may be one of the
         # other keys of a shared bucket (few queries).
         lost_ids = num_first + tf.range(tf.shape(lost_points)[0])
