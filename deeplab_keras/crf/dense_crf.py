@@ -216,8 +216,8 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
             form when it runs the graph on a CPU, while TFLite and tf2onnx
             convert the portable form (see `_picked_by_device`); inside
             `portable_ops()` it is "portable". "sparse" applies the lattice
-            with `tf.sparse.sparse_dense_matmul` (about 2x faster than the
-            portable form in TensorFlow on CPU), which has no TFLite builtin
+            with sparse-dense matmuls (SparseTensorDenseMatMul; about 2x
+            faster than the portable form in TensorFlow on CPU), which has no TFLite builtin
             and no ONNX conversion; "portable" uses gathers and scatters only,
             and its splat switches at run time between `tf.scatter_nd` (where
             the runtime's scatter sums repeated indices: TF, LiteRT) and
