@@ -118,13 +118,18 @@ class TestExactness:
         # Each point's d + 1 vertices are distinct lattice points.
         assert all(len(set(row)) == d + 1 for row in coded.numpy()[:200].tolist())
 
+    @pytest.mark.parametrize("by_code", [True, False])
     @pytest.mark.parametrize("kind", ["uniform", "integer_ties"])
-    def test_barycentric_weights_by_sort_equal_the_slot_definition(self, kind):
-        # The weights take by_slot as v sorted ascending; the reference's
-        # definition puts v_i at slot d - rank_i. Integer features make many
-        # equal residuals, where the rank's tie-break decides the slots.
+    def test_barycentric_weights_equal_the_slot_definition(self, monkeypatch, kind, by_code):
+        # The reference's definition puts v_i at slot d - rank_i; up to
+        # d = 5 by_slot is gathered by the ranks' code, above it is v sorted
+        # ascending. Integer features make many equal residuals, where the
+        # rank's tie-break decides the slots.
+        from deeplab_keras.crf import permutohedral
         from deeplab_keras.crf.permutohedral import _elevate, _enclosing_simplex
 
+        if not by_code:
+            monkeypatch.setattr(permutohedral, "_MAX_CODED_D", 4)
         rs = np.random.RandomState(7)
         d = 5
         if kind == "uniform":

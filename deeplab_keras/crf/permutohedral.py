@@ -214,11 +214,16 @@ def _enclosing_simplex(elevated, d):
     # v_i at slot d - rank_i and subtracts it at the next slot. With by_slot[m]
     # the v of the coordinate in slot m, weight[m] = by_slot[m] - by_slot[m-1],
     # and the wrap-around gives weight[0] = 1 + by_slot[0] - by_slot[d].
-    # by_slot is v sorted ascending (the slots order the v: the weights are
-    # non-negative), so one row sort finds it (tested against the
-    # slot-by-slot definition).
+    # by_slot is also v sorted ascending (the slots order the v: the weights
+    # are non-negative), which is how it is found above _MAX_CODED_D (both
+    # tested against the slot-by-slot definition).
     v = tf.stack([(e - r) * np.float32(1.0 / (d + 1)) for e, r in zip(elevated, rem0)], axis=1)
-    by_slot = tf.sort(v, axis=1)
+    if d <= _MAX_CODED_D:
+        # The reference's own placement, v_i at slot d - rank_i, as one row
+        # gather by the ranks' permutation code (no TopK: 11 ms at 375x500).
+        by_slot = tf.gather(v, tf.gather(_coordinate_at_slot(d), _rank_code(rank, d)), axis=1, batch_dims=1)
+    else:
+        by_slot = tf.sort(v, axis=1)
     previous = tf.concat([by_slot[:, d:], by_slot[:, :d]], axis=1)
     first_slot = np.zeros((d + 1,), np.float32)
     first_slot[0] = 1.0
@@ -326,6 +331,15 @@ def _rank_code(rank, d):
     for i in range(1, d):
         code = code + rank[i] * np.float32((d + 1) ** i)
     return tf.cast(code, tf.int32)
+
+
+def _coordinate_at_slot(d):
+    """int32 [(d+1)^d, d+1]: for each rank code, the coordinate i whose slot
+    d - rank_i is m (any permutation for codes that are not one)."""
+    codes = np.arange((d + 1) ** d)
+    ranks = (codes[:, None] // (d + 1) ** np.arange(d)) % (d + 1)  # [K, d]
+    ranks = np.concatenate([ranks, d * (d + 1) // 2 - ranks.sum(axis=1, keepdims=True)], axis=1)
+    return np.argsort(d - ranks, axis=1, kind="stable").astype(np.int32)
 
 
 def _ranks_above(d):
