@@ -404,12 +404,20 @@ def test_crf_in_tflite_and_onnx_matches_tensorflow(model, val_set, tmp_path):
     for path in (tfl, onx):
         result = checks.compare_outputs(ref, checks.run_format(path, images))
         assert result["label_agreement"] >= THRESHOLDS["float32"]["label_agreement"], (path, result)
-    # Full-integer network with the CRF kept in float (a quantized CRF does not
-    # even allocate: LOG_SOFTMAX's int8 output scale).
+    # Full-integer network with the CRF kept in float: its tensors (the
+    # lattice build included) hold no int8.
     int8 = export_tflite(model, tmp_path / "crf_int8.tflite", size=size, crf=crf,
                          quantization="int8", representative_data=[im[None] for im in images])
     ops = tflite_op_names(int8)
-    assert "QUANTIZE" in ops and "LOG_SOFTMAX" in ops
+    assert "QUANTIZE" in ops and "UNSORTED_SEGMENT_MIN" in ops
+    from ai_edge_litert.interpreter import Interpreter
+
+    from deeplab_keras.export.serving import CRF_SCOPE
+
+    tensors = Interpreter(model_path=str(int8)).get_tensor_details()
+    crf_types = {np.dtype(t["dtype"]).name for t in tensors if CRF_SCOPE in t["name"]}
+    net_types = {np.dtype(t["dtype"]).name for t in tensors if CRF_SCOPE not in t["name"]}
+    assert "int8" in net_types and "float32" in crf_types and "int8" not in crf_types, crf_types
     result = checks.compare_outputs(ref, checks.run_format(int8, images))
     assert result["label_agreement"] >= THRESHOLDS["int8"]["label_agreement"], result
     # The CRF changes something, so the comparison above is not vacuous.

@@ -279,9 +279,9 @@ def convert_tflite(model, *, size=DEFAULT_SIZE, quantization="float32", crf=None
 def _int8_with_float_crf(concrete, converter, dataset):
     """Full-integer network, float32 CRF (selective quantization).
 
-    Quantizing the CRF is both wrong and broken: its mean-field messages need
-    more than 8 bits, and the quantizer gives the CRF's LOG_SOFTMAX an output
-    scale its int8 kernel refuses ("output->params.scale != 16.0 / 256" at
+    Quantizing the CRF is wrong: its mean-field messages and lattice weights
+    need more than 8 bits (and when the CRF started with a LOG_SOFTMAX, the
+    quantizer gave it an output scale its int8 kernel refuses at
     AllocateTensors). Every op under the CRF's name scope is denylisted, the
     documented selective-quantization route of `QuantizationDebugger`.
     """
