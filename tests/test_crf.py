@@ -109,7 +109,8 @@ class TestExactness:
 
         rs = np.random.RandomState(d)
         features = np.concatenate([rs.uniform(-40.0, 40.0, (5000, d)), rs.randint(-6, 7, (5000, d))])
-        rem0, rank, _ = permutohedral._enclosing_simplex(permutohedral._elevate(tf.constant(features, tf.float32), d), d)
+        elevated = permutohedral._elevate(tf.constant(features, tf.float32), d)
+        rem0, rank, _ = permutohedral._enclosing_simplex(elevated, d)
         coded, deltas = permutohedral._key_hash(rem0, rank, None, d)
         monkeypatch.setattr(permutohedral, "_MAX_CODED_D", d - 1)
         compared, deltas2 = permutohedral._key_hash(rem0, rank, None, d)

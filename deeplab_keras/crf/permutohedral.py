@@ -333,21 +333,24 @@ def _rank_code(rank, d):
     return tf.cast(code, tf.int32)
 
 
+def _code_ranks(d):
+    """int [(d+1)^d, d+1]: the ranks each code of `_rank_code` stands for
+    (rank_d is what the others leave of 0 + 1 + ... + d)."""
+    codes = np.arange((d + 1) ** d)
+    ranks = (codes[:, None] // (d + 1) ** np.arange(d)) % (d + 1)  # [K, d]
+    return np.concatenate([ranks, d * (d + 1) // 2 - ranks.sum(axis=1, keepdims=True)], axis=1)
+
+
 def _coordinate_at_slot(d):
     """int32 [(d+1)^d, d+1]: for each rank code, the coordinate i whose slot
     d - rank_i is m (any permutation for codes that are not one)."""
-    codes = np.arange((d + 1) ** d)
-    ranks = (codes[:, None] // (d + 1) ** np.arange(d)) % (d + 1)  # [K, d]
-    ranks = np.concatenate([ranks, d * (d + 1) // 2 - ranks.sum(axis=1, keepdims=True)], axis=1)
-    return np.argsort(d - ranks, axis=1, kind="stable").astype(np.int32)
+    return np.argsort(d - _code_ranks(d), axis=1, kind="stable").astype(np.int32)
 
 
 def _ranks_above(d):
     """bool [(d+1)^d, d+1, d]: for each rank code, vertex r and coordinate
     i < d, whether rank_i > d - r (vertex r's coordinate i wraps by -(d+1))."""
-    codes = np.arange((d + 1) ** d)
-    ranks = (codes[:, None] // (d + 1) ** np.arange(d)) % (d + 1)  # [K, d]
-    return ranks[:, None, :] > (d - np.arange(d + 1))[None, :, None]
+    return _code_ranks(d)[:, None, :d] > (d - np.arange(d + 1))[None, :, None]
 
 
 def _neighbour_deltas(strides, d):
@@ -736,7 +739,7 @@ def _column_chunks(channels):
     """Column counts for the sparse filter: one chunk, or the split into as
     few chunks as needed (two on several cores from _MIN_SPLIT columns) whose
     costliest chunk is cheapest, by `_chunk_cost` (21 -> 12 + 9, not 11 + 10:
-    43 against 48 ms per iteration at 375x500)."""
+    two filters side by side at 375x500 in 29.6 against 32.5 ms)."""
     if channels is None:
         return [None]
     count = -(-channels // _MAX_CHUNK)
