@@ -412,11 +412,9 @@ def test_crf_in_tflite_and_onnx_matches_tensorflow(model, val_set, tmp_path):
     assert "QUANTIZE" in ops and "UNSORTED_SEGMENT_MIN" in ops
     from ai_edge_litert.interpreter import Interpreter
 
-    from deeplab_keras.export.serving import CRF_SCOPE
-
     tensors = Interpreter(model_path=str(int8)).get_tensor_details()
-    crf_types = {np.dtype(t["dtype"]).name for t in tensors if CRF_SCOPE in t["name"]}
-    net_types = {np.dtype(t["dtype"]).name for t in tensors if CRF_SCOPE not in t["name"]}
+    crf_types = {np.dtype(t["dtype"]).name for t in tensors if serving.CRF_SCOPE in t["name"]}
+    net_types = {np.dtype(t["dtype"]).name for t in tensors if serving.CRF_SCOPE not in t["name"]}
     assert "int8" in net_types and "float32" in crf_types and "int8" not in crf_types, crf_types
     result = checks.compare_outputs(ref, checks.run_format(int8, images))
     assert result["label_agreement"] >= THRESHOLDS["int8"]["label_agreement"], result

@@ -222,9 +222,8 @@ def dense_crf(images, logits, iterations=10, spatial_weight=3.0, spatial_sigma=1
             and scatters only, and its splat switches at run time between
             `tf.scatter_nd` (where the runtime's scatter sums repeated
             indices: TF, LiteRT) and `tf.tensor_scatter_nd_add` (ONNX
-            Runtime); "tflite" always uses
-            `tf.scatter_nd`, which tf2onnx converts wrongly. All give the same
-            numbers.
+            Runtime); "tflite" always uses `tf.scatter_nd`, which tf2onnx
+            converts wrongly. All give the same numbers.
         downsample: 1 (default) is the CRF above. An integer f > 1 is an
             approximate, faster mode, never the default: images and logits
             are average-pooled by f (SAME padding), mean field runs at that
@@ -373,13 +372,16 @@ def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilat
         against 50 ms per iteration at 375x500x21 (no effect in eager mode).
         With one chunk the two filters run side by side."""
         terms = [] if logits_part is None else [logits_part]
+        wait_for = []
         if bilateral_weight > 0:
             part_shape = tf.shape(q_part)
             filtered = lattice_filter(bilateral, tf.reshape(q_part, tf.stack([-1, part_shape[3]])),
                                       split_columns=False)
             terms.append(tf.reshape(filtered, part_shape))
+            if len(sizes) > 1:
+                wait_for = [filtered]
         if spatial_weight > 0:
-            with tf.control_dependencies(terms[-1:] if len(sizes) > 1 else []):
+            with tf.control_dependencies(wait_for):
                 terms.append(spatial_post * spatial_filter(q_part * spatial_norm, spatial_sigma))
         return tf.add_n(terms)
 

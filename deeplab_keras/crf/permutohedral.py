@@ -44,8 +44,10 @@ The structure itself uses only ops that convert to TFLite builtins and ONNX:
   table built with that scatter. The lattice points are numbered in another
   order by each, with the same numbers out of the filter;
 * the simplex, its barycentric weights and the key hash are computed on
-  d + 1 separate [P] columns (static shapes, no gathers along a second axis)
-  and one row sort;
+  d + 1 separate [P] columns (static shapes, no gathers along a second axis);
+  what depends only on the ranks' permutation (the vertices' hash offsets,
+  the barycentric slots) is gathered from small tables by its code (d <= 5;
+  above, per-coordinate comparisons and one row sort);
 * the blur neighbours are found (portable form) in a hash table of the
   lattice keys built with two plain scatters whose result does not depend on
   how a runtime treats repeated indices (bucket = key mod a prime; a bucket
