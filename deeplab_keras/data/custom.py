@@ -1088,7 +1088,7 @@ CLASSES_FILE = "classes.json"
 def write_classes_json(path, class_names, class_colors):
     """The class sidecar of a trained model: `{"class_names": [...], "class_colors":
     ["#rrggbb", ...]}`, written atomically (read back by `deeplab-predict`)."""
-    from deeplab_keras.training.atomic import atomic_write_text
+    from deeplab_keras.utils.atomic import atomic_write_text
 
     import json
 

@@ -52,7 +52,7 @@ class CrfSearchResult:
     failed: list
 
     def to_json(self, path):
-        from deeplab_keras.training.atomic import atomic_write_text
+        from deeplab_keras.utils.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 

@@ -76,7 +76,7 @@ class EvalResult:
 
     def to_json(self, path):
         """Write `to_dict()` as JSON, atomically."""
-        from deeplab_keras.training.atomic import atomic_write_text
+        from deeplab_keras.utils.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

@@ -5,7 +5,7 @@ holds the model variables *and* the optimizer's (momentum buffers and the
 iteration counter the learning-rate schedule reads), so restoring one continues
 the run exactly where it stopped: same step, same schedule position, same
 momentum. Files are written to a temporary name in the same directory, flushed
-to disk, and renamed (`deeplab_keras.training.atomic`), so a process killed at
+to disk, and renamed (`deeplab_keras.utils.atomic`), so a process killed at
 any moment leaves only complete checkpoints under their final names.
 
     <run_dir>/checkpoints/ckpt-00000200.weights.h5
@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from deeplab_keras.training.atomic import atomic_save
+from deeplab_keras.utils.atomic import atomic_save
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.weights\.h5$")

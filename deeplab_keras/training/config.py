@@ -195,7 +195,7 @@ class TrainConfig:
 
     def to_json(self, path):
         """Write the resolved config to `path` atomically (temp file + rename)."""
-        from deeplab_keras.training.atomic import atomic_write_text
+        from deeplab_keras.utils.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 

@@ -44,7 +44,7 @@ import keras
 
 from deeplab_keras.training import callbacks as cb
 from deeplab_keras.training.accumulation import install_accumulation
-from deeplab_keras.training.atomic import atomic_save, check_writable
+from deeplab_keras.utils.atomic import atomic_save, check_writable
 from deeplab_keras.training.config import TrainConfig
 from deeplab_keras.training.losses import SegmentationCrossEntropy
 from deeplab_keras.training.optimizer import make_optimizer
@@ -179,7 +179,7 @@ def check_data(config, run_dir=None):
         (VOC / TFDS / built-in have no frequency table here; give a list).
     """
     from deeplab_keras.data import custom
-    from deeplab_keras.training.atomic import atomic_write_text
+    from deeplab_keras.utils.atomic import atomic_write_text
 
     method = custom.parse_class_weights(config.class_weights)
     dataset = open_custom(config)

@@ -296,7 +296,7 @@ class TestNothingLost:
         assert cb.remove_stale_temporaries(tmp_path) == leftovers
 
     def test_failed_write_keeps_the_previous_file(self, tmp_path):
-        from deeplab_keras.training.atomic import atomic_save
+        from deeplab_keras.utils.atomic import atomic_save
 
         target = tmp_path / "ckpt-00000001.weights.h5"
         target.write_bytes(b"previous")

@@ -1,0 +1,1 @@
+"""Ground-layer helpers that import nothing else of the package (atomic writes)."""
