@@ -8,12 +8,38 @@ Submodules:
   evaluation  mIoU, MSC / CRF inference.
   export      SavedModel / TFLite / ONNX export and checks.
 
-The heavy submodules are imported lazily so that `import deeplab_keras` is cheap.
+As with keras-hub, `import deeplab_keras` registers every serializable class (the
+model layers, `DenseCRF`, the loss, the schedules and the optimizer), so that a
+saved model loads the Keras way:
+
+  >>> import deeplab_keras, keras
+  >>> keras.saving.get_registered_object("deeplab_keras>AtrousConv2D")
+  <class 'deeplab_keras.models.atrous.AtrousConv2D'>
+
+Only the modules that define those classes are imported (and with them
+TensorFlow and Keras); data, export, the converters and the rest are imported
+lazily, on first attribute access.
 """
+
+import importlib as _importlib
 
 from deeplab_keras._lazy import lazy_getattr
 
 __version__ = "0.1.0"
+
+# The modules holding `@keras.saving.register_keras_serializable` classes, imported
+# for their side effect (tests/test_load_saved.py checks this list is complete).
+REGISTRATION_MODULES = (
+    "deeplab_keras.models.layers",      # ResizeLogits, ScaleImage (MSC inputs)
+    "deeplab_keras.models.atrous",      # AtrousConv2D
+    "deeplab_keras.crf.dense_crf",      # DenseCRF
+    "deeplab_keras.training.losses",    # SegmentationCrossEntropy
+    "deeplab_keras.training.schedules",  # StepDecay, PolyDecay
+    "deeplab_keras.training.optimizer",  # DeepLabSGD
+)
+for _module in REGISTRATION_MODULES:
+    _importlib.import_module(_module)
+del _module
 
 _LAZY = {
     "build_model": "deeplab_keras.models",
@@ -29,4 +55,4 @@ _LAZY = {
 
 __getattr__ = lazy_getattr(__name__, _LAZY, (
     "models", "crf", "data", "training", "evaluation", "export", "predict", "preprocessing",
-    "palette", "viz"))
+    "palette", "viz", "labels", "convert"))

@@ -1,5 +1,5 @@
 """Lazy attribute access for package `__init__` modules (PEP 562), so that
-`import deeplab_keras` and its light subpackages do not import TensorFlow."""
+the heavy submodules of a package are imported only when first used."""
 
 import importlib
 
