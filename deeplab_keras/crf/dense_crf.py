@@ -163,15 +163,23 @@ def _runtime_checks(images, logits):
 
 
 def _bilateral_features(images, bilateral_spatial_sigma, bilateral_color_sigma):
-    """[B*H*W, 5] features (x/sa, y/sa, r/sb, g/sb, b/sb), pydensecrf's order."""
+    """[B*H*W, 5] features (x/sa, y/sa, r/sb, g/sb, b/sb), pydensecrf's order.
+
+    Multiplied by the float32 reciprocal, not divided: Grappler's constant
+    folding turns a division by a constant into that multiplication in a
+    graph, and a 1-ulp change of a colour feature (up to 255/3 = 85) moves
+    the barycentric weights by ~eps * 85 = 1e-5, which the 10 iterations
+    carry into Q. Multiplying in both modes gives eager and graph the same
+    features bit for bit.
+    """
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
     ys = tf.cast(tf.range(height), tf.float32)
     xs = tf.cast(tf.range(width), tf.float32)
     grid_y, grid_x = tf.meshgrid(ys, xs, indexing="ij")  # [H, W]
-    pos = tf.stack([grid_x, grid_y], axis=-1) / np.float32(bilateral_spatial_sigma)  # [H, W, 2]
+    pos = tf.stack([grid_x, grid_y], axis=-1) * np.float32(1.0 / bilateral_spatial_sigma)  # [H, W, 2]
     pos = tf.broadcast_to(pos[None], tf.stack([shape[0], height, width, 2]))
-    color = images / np.float32(bilateral_color_sigma)
+    color = images * np.float32(1.0 / bilateral_color_sigma)
     return tf.reshape(tf.concat([pos, color], axis=-1), [-1, 5])
 
 

@@ -164,3 +164,27 @@ def canonical_structure(offsets, neighbours):
     renumbered = np.empty_like(neighbours)
     renumbered[:, new] = new[neighbours]
     return new[offsets], renumbered
+
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 1.19e-7
+
+
+def rounding_bound(logits, iterations, spatial_weight=3.0, bilateral_weight=4.0, roundings=4):
+    """Bound on max |Q_a - Q_b| for two runs of the same float32 computation
+    that differ only in the rounding of a few operations (a constant chain
+    folded by Grappler, a sum in another order, another kernel's blocking).
+
+    Each iteration's message m = logits + w1 Kn1 Q + w2 Kn2 Q has
+    |m| <= max|logits| + w1 + w2 (Q is in [0, 1] and the normalised kernels'
+    rows sum to about 1); `roundings` ops on its path rounded differently
+    change it by at most roundings * eps * |m|; the softmax's Jacobian
+    diag(q) - q q^T has infinity norm 2 q (1 - q) <= 1/2, so Q moves by half
+    that. Added over the iterations (mean field near its fixed point damps
+    an earlier error rather than amplifying it), plus `roundings` ulps of the
+    final softmax for iterations=0.
+
+    Example: max|logits| = 6, DeepLab v2 weights, 3 iterations:
+    3 * 0.5 * 4 * 1.19e-7 * 13 + 4 * 1.19e-7 = 9.8e-6.
+    """
+    magnitude = float(np.abs(np.asarray(logits)).max()) + spatial_weight + bilateral_weight
+    return (iterations * 0.5 * roundings * magnitude + roundings) * FLOAT32_EPS
