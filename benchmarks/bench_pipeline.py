@@ -38,11 +38,18 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from _machine import cpu_description  # noqa: E402
 
 
-def _pipeline_rate(data_dir, num_classes, batch_size, batches, warmup=3):
+def _pipeline_rate(data_dir, batch_size, batches, num_classes=None, warmup=3):
+    """(open + header scan seconds, pipeline images/s) in training mode at crop 321.
+
+    One timing loop for every source: the built-in and VOC-sized VOCdevkits
+    and your own data in each layout (num_classes None: the dataset's own).
+    """
     from deeplab_keras.data import make_dataset
 
+    t = time.perf_counter()
     ds = make_dataset(data_dir, "train", training=True, batch_size=batch_size,
                       crop_size=321, num_classes=num_classes, seed=0, repeat=True)
+    opened = time.perf_counter() - t
     it = iter(ds)
     for _ in range(warmup):
         next(it)
@@ -50,7 +57,7 @@ def _pipeline_rate(data_dir, num_classes, batch_size, batches, warmup=3):
     for _ in range(batches):
         images, _ = next(it)
     images.numpy()
-    return batches * batch_size / (time.perf_counter() - start)
+    return opened, batches * batch_size / (time.perf_counter() - start)
 
 
 def _voc_sized(root, count):
@@ -130,24 +137,6 @@ def _write_layout(root, layout, count, size, seed=0):
     return root
 
 
-def _layout_rate(root, batch_size, batches, warmup=3):
-    """(open + header scan seconds, pipeline images/s) of your own data at crop 321."""
-    from deeplab_keras.data import make_dataset
-
-    t = time.perf_counter()
-    ds = make_dataset(root, "train", training=True, batch_size=batch_size, crop_size=321,
-                      seed=0, repeat=True)
-    opened = time.perf_counter() - t
-    it = iter(ds)
-    for _ in range(warmup):
-        next(it)
-    start = time.perf_counter()
-    for _ in range(batches):
-        images, _ = next(it)
-    images.numpy()
-    return opened, batches * batch_size / (time.perf_counter() - start)
-
-
 def _step_rate(batch_size, steps):
     import keras
     import numpy as np
@@ -213,29 +202,33 @@ def main(argv=None):
             decode.inspect_label(e.label_path)
         print(f"header pre-scan: {(time.perf_counter() - t) / len(exs) * 1e3:.2f} ms/example")
 
-        rate = _pipeline_rate(root, builtin.NUM_CLASSES, args.batch_size,
-                              args.pipeline_batches)
+        _, rate = _pipeline_rate(root, args.batch_size, args.pipeline_batches,
+                                 builtin.NUM_CLASSES)
         print(f"pipeline, builtin (~200x150 JPEG), crop 321, batch {args.batch_size}: "
               f"{rate:.1f} images/s")
         vroot = _voc_sized(os.path.join(tmp, "vocsized"), args.voc_sized_images)
-        vrate = _pipeline_rate(vroot, 6, args.batch_size, args.pipeline_batches)
+        _, vrate = _pipeline_rate(vroot, args.batch_size, args.pipeline_batches, 6)
         print(f"pipeline, VOC-sized (500x375 JPEG), crop 321, batch {args.batch_size}: "
               f"{vrate:.1f} images/s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     if not args.skip_train:
-        srate, params = _step_rate(args.train_batch_size, args.train_steps)
-        print(f"train step vgg16_largefov ({params:,} params), 321x321, batch "
-              f"{args.train_batch_size}: {srate:.2f} images/s")
-        print(f"load average at end: {os.getloadavg()[0]:.1f}")
-        print(f"pipeline / step: builtin {rate / srate:.0f}x, VOC-sized {vrate / srate:.0f}x "
-              f"(goal >= 3x)")
+        _report_step(args, {"builtin": rate, "VOC-sized": vrate})
     return 0
 
 
-def _main_layouts(args):
+def _report_step(args, rates):
+    """The LargeFOV training step rate and each pipeline rate's multiple of it."""
+    srate, params = _step_rate(args.train_batch_size, args.train_steps)
+    print(f"train step vgg16_largefov ({params:,} params), 321x321, batch "
+          f"{args.train_batch_size}: {srate:.2f} images/s")
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+    print("pipeline / step: " + ", ".join(f"{k} {v / srate:.0f}x" for k, v in rates.items())
+          + " (goal >= 3x)")
 
+
+def _main_layouts(args):
     import tensorflow as tf
 
     print(f"cpu cores: {os.cpu_count()} ({cpu_description()}), "
@@ -248,7 +241,7 @@ def _main_layouts(args):
             root = _write_layout(os.path.join(tmp, layout), layout, args.layout_images,
                                  args.layout_size)
             gen = time.perf_counter() - t
-            opened, rate = _layout_rate(root, args.batch_size, args.pipeline_batches)
+            opened, rate = _pipeline_rate(root, args.batch_size, args.pipeline_batches)
             rates[layout] = rate
             print(f"{layout}: {args.layout_images} images {args.layout_size}x"
                   f"{args.layout_size} JPEG + PNG masks (generated in {gen:.0f} s); open + "
@@ -258,12 +251,7 @@ def _main_layouts(args):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not args.skip_train:
-        srate, params = _step_rate(args.train_batch_size, args.train_steps)
-        print(f"train step vgg16_largefov ({params:,} params), 321x321, batch "
-              f"{args.train_batch_size}: {srate:.2f} images/s")
-        print(f"load average at end: {os.getloadavg()[0]:.1f}")
-        print("pipeline / step: " + ", ".join(f"{k} {v / srate:.0f}x" for k, v in rates.items())
-              + " (goal >= 3x)")
+        _report_step(args, rates)
     return 0
 
 

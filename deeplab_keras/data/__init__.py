@@ -3,6 +3,7 @@
   builtin        the synthetic built-in dataset in VOCdevkit layout (`ensure_builtin`).
   voc            VOCdevkit / SBD readers, split lists, train_aug arithmetic.
   decode         image / label decoding and validation.
+  prescan        the file checks before a pipeline is built (`scan_examples`).
   pipeline       `make_dataset` / `make_tfds_dataset`: augmentation, batching.
   tfds_builder   the TFDS builder `voc2012_segmentation`.
   custom         your own data: layout detection, class tables, class frequencies.
@@ -21,7 +22,7 @@ _LAZY = {
     "augment": "deeplab_keras.data.pipeline",
     "list_examples": "deeplab_keras.data.voc",
     "read_split": "deeplab_keras.data.voc",
-    "scan_examples": "deeplab_keras.data.pipeline",
+    "scan_examples": "deeplab_keras.data.prescan",
     "ensure_builtin": "deeplab_keras.data.builtin",
     "DataError": "deeplab_keras.data.decode",
     "SPLITS": "deeplab_keras.data.voc",
@@ -29,4 +30,4 @@ _LAZY = {
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY, (
-    "builtin", "voc", "decode", "pipeline", "tfds_builder", "synthetic", "custom"))
+    "builtin", "voc", "decode", "prescan", "pipeline", "tfds_builder", "synthetic", "custom"))

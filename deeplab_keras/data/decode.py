@@ -331,12 +331,17 @@ def read_image(path):
         raise DataError(f"Image file is corrupt or unreadable: {path} ({e})") from e
 
 
-def _read_label_py(path):
+def path_str(path):
+    """A path as `tf.numpy_function` passes it (a 0-d array of bytes) -> str."""
     if isinstance(path, np.ndarray):
         path = path.item()
     if isinstance(path, bytes):
         path = path.decode()
-    return read_label(path)
+    return path
+
+
+def _read_label_py(path):
+    return read_label(path_str(path))
 
 
 def decode_image_tf(contents):
@@ -378,18 +383,37 @@ def decode_label_tf(path, kind, kinds_present=tuple(LabelKind)):
         return tf.reshape(lab, tf.shape(lab)[:2]), tf.constant(True)
 
     fns = {LabelKind.INDEX: index, LabelKind.COLOUR: colour, LabelKind.PYTHON: python}
-    kinds = sorted(set(int(k) for k in kinds_present))
-    if len(kinds) == 1:
-        lab, ok = fns[kinds[0]]()
-    else:
-        # switch_case wants branch keys 0..n-1, so switch on the kind's position in
-        # `kinds` (e.g. VOC palette PNGs + SBD .mat are kinds {1, 2}).
-        position = tf.argmax(tf.cast(tf.equal(tf.constant(kinds, tf.int32),
-                                              tf.cast(kind, tf.int32)), tf.int32),
-                             output_type=tf.int32)
-        lab, ok = tf.switch_case(position, branch_fns=[fns[k] for k in kinds])
+    lab, ok = switch_by_kind(fns, kind, kinds_present)
     lab = tf.ensure_shape(lab, [None, None])
     return lab, ok
+
+
+def switch_by_kind(fns, kind, kinds_present):
+    """Run the decoder of `kind` inside a tf.data map, building only those present.
+
+    Shared by the VOC labels (`LabelKind`) and your own data's masks
+    (`custom.MaskKind`).
+
+    Args:
+      fns: {kind int: function of no arguments returning the decoded tensors}.
+      kind: int32 scalar tensor, the kind of this file.
+      kinds_present: the kinds of the dataset; with one kind its decoder is
+        called alone (no switch in the graph).
+
+    Returns:
+      what the chosen function returns.
+    """
+    import tensorflow as tf
+
+    kinds = sorted(set(int(k) for k in kinds_present))
+    if len(kinds) == 1:
+        return fns[kinds[0]]()
+    # switch_case wants branch keys 0..n-1, so switch on the kind's position in
+    # `kinds` (e.g. VOC palette PNGs + SBD .mat are kinds {1, 2}).
+    position = tf.argmax(tf.cast(tf.equal(tf.constant(kinds, tf.int32),
+                                          tf.cast(kind, tf.int32)), tf.int32),
+                         output_type=tf.int32)
+    return tf.switch_case(position, branch_fns=[fns[k] for k in kinds])
 
 
 def check_example_tf(image, label, name, num_classes, colour_ok=None):

@@ -21,18 +21,16 @@ with the same arguments give identical batches. Each new epoch (repeat or a new
 iterator) reshuffles and redraws, still deterministically.
 """
 
-import logging
-
 import numpy as np
 import tensorflow as tf
 
 from deeplab_keras.data import decode as dec
 from deeplab_keras.data import voc
+from deeplab_keras.data.prescan import decode_both, scan, scan_examples  # noqa: F401
 from deeplab_keras.palette import IGNORE_LABEL, VOC_CLASSES
 from deeplab_keras.preprocessing import MEAN_RGB, preprocess_images
 
 AUTOTUNE = tf.data.AUTOTUNE
-log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------
@@ -143,61 +141,6 @@ def _check_args(training, batch_size, crop_size, num_classes, seed, eval_pad_to,
             "Evaluation keeps whole images of different sizes, so batch_size must be 1 "
             "unless eval_pad_to is set (e.g. eval_pad_to=513). "
             f"Received: batch_size={batch_size}, eval_pad_to=None")
-
-
-# ----------------------------------------------------------------------------
-# Pre-scan
-# ----------------------------------------------------------------------------
-
-def scan_examples(examples, num_classes, *, validate="header", on_error="raise",
-                  max_image_pixels=dec.DEFAULT_MAX_IMAGE_PIXELS):
-    """Check the files of `examples` before building the dataset.
-
-    Args:
-      examples: list of `voc.Example`.
-      num_classes: int, for label values (only checked with validate="full").
-      validate: "header" reads headers and file tails only (about 0.1 ms a
-        file); "full" also decodes every image and label with PIL/SciPy and
-        checks sizes and label values (a full pass over the data).
-      on_error: "raise" the first `DataError`; "skip" drops bad examples.
-      max_image_pixels: refuse larger images (header size, nothing allocated).
-
-    Returns:
-      (kept examples, their LabelKinds, skipped list of (Example, message)).
-    """
-    kept, kinds, skipped = [], [], []
-    for ex in examples:
-        try:
-            ih, iw = dec.inspect_image(ex.image_path, max_image_pixels)
-            kind, lsize = dec.inspect_label(ex.label_path, max_image_pixels)
-            if lsize is not None and lsize != (ih, iw):
-                raise dec.DataError(
-                    f"Image and label sizes differ: {ex.image_path} is {ih}x{iw}, "
-                    f"{ex.label_path} is {lsize[0]}x{lsize[1]} (HxW)")
-            if validate == "full":
-                img = dec.read_image(ex.image_path)
-                lab = dec.read_label(ex.label_path)
-                if lab.shape != img.shape[:2]:
-                    raise dec.DataError(
-                        f"Image and label sizes differ: {ex.image_path} is "
-                        f"{img.shape[0]}x{img.shape[1]}, {ex.label_path} is "
-                        f"{lab.shape[0]}x{lab.shape[1]} (HxW)")
-                bad = np.unique(lab[(lab >= num_classes) & (lab != IGNORE_LABEL)])
-                if bad.size:
-                    raise dec.DataError(
-                        f"Label values outside [0, {num_classes}) and {IGNORE_LABEL} "
-                        f"in {ex.label_path}: {bad[:16].tolist()}")
-        except dec.DataError as e:
-            if on_error == "raise":
-                raise
-            skipped.append((ex, str(e)))
-            continue
-        kept.append(ex)
-        kinds.append(int(kind))
-    if skipped:
-        log.warning("Skipped %d of %d examples with bad files; first: %s",
-                    len(skipped), len(examples), skipped[0][1])
-    return kept, kinds, skipped
 
 
 # ----------------------------------------------------------------------------
@@ -431,28 +374,13 @@ def make_custom_dataset(dataset, split, *, training, batch_size, crop_size=321,
     examples = dataset.examples(split)
     if not examples:
         raise ValueError(f"Split {split!r} of {dataset.root} has no images.")
-    kept, kinds, skipped = [], [], []
-    for ex in examples:
-        try:
-            kind = dataset.inspect(ex, max_image_pixels)
-            if validate == "full":
-                img = dec.read_image(ex.image_path)
-                lab = dataset.read_label(ex.label_path)
-                if lab.shape != img.shape[:2]:
-                    raise dec.DataError(
-                        f"Image and mask sizes differ: {ex.image_path} is "
-                        f"{img.shape[0]}x{img.shape[1]}, {ex.label_path} is "
-                        f"{lab.shape[0]}x{lab.shape[1]} (HxW)")
-        except dec.DataError as e:
-            if on_error == "raise":
-                raise
-            skipped.append((ex, str(e)))
-            continue
-        kept.append(ex)
-        kinds.append(int(kind))
-    if skipped:
-        log.warning("Skipped %d of %d examples with bad files; first: %s",
-                    len(skipped), len(examples), skipped[0][1])
+    def check(ex):
+        kind = dataset.inspect(ex, max_image_pixels)
+        if validate == "full":
+            decode_both(ex, dataset.read_label, "mask")
+        return kind
+
+    kept, kinds, skipped = scan(examples, check, on_error)
     if not kept:
         raise ValueError(f"Every example of split {split!r} in {dataset.root} was skipped "
                          f"as bad (on_error='skip').")

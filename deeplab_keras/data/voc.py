@@ -70,7 +70,19 @@ def find_voc2012(data_dir):
     return voc
 
 
-def _read_list(path):
+def read_name_list(path, image_suffixes=()):
+    """The names of a split list: one image name per line, each once.
+
+    Shared by the VOC lists and the lists of your own data
+    (`deeplab_keras.data.custom`), which may write `name.jpg` or a path:
+    with `image_suffixes`, a name ending in one of them loses it, and a path
+    keeps its last part only.
+
+    Raises:
+      FileNotFoundError: no such file.
+      DataError: a line with more than one field, or a name listed twice
+        (naming the file and the line / names).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Split list not found: {path}")
@@ -81,9 +93,14 @@ def _read_list(path):
             continue
         if len(parts) > 1:
             # ImageSets/Main files carry a "+1/-1" column; Segmentation lists do not.
-            raise DataError(f"{path}:{lineno}: expected one image name per line, "
-                            f"got {line!r}")
-        names.append(parts[0])
+            raise DataError(f"{path}:{lineno}: expected one image name per line. "
+                            f"Received: {line!r}")
+        name = parts[0]
+        if image_suffixes:
+            if Path(name).suffix.lower() in image_suffixes:
+                name = Path(name).stem
+            name = Path(name).name
+        names.append(name)
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})[:5]
         raise DataError(f"{path} lists names more than once: {dup}")
@@ -104,7 +121,7 @@ def read_split(voc_dir, split):
         raise ValueError(f"split must be 'train', 'val' or 'trainval' for VOC lists. "
                          f"Received: split={split!r}")
     voc = find_voc2012(voc_dir)
-    return _read_list(voc / "ImageSets" / "Segmentation" / f"{split}.txt")
+    return read_name_list(voc / "ImageSets" / "Segmentation" / f"{split}.txt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,13 +151,14 @@ def find_sbd(sbd_dir):
                     raise FileNotFoundError(
                         f"{root} looks like SBD (has {cand / 'cls'}) but {cand / f} is missing.")
             return SBD(cand / "cls", ".mat", cand / "img",
-                       tuple(_read_list(cand / "train.txt")),
-                       tuple(_read_list(cand / "val.txt")))
+                       tuple(read_name_list(cand / "train.txt")),
+                       tuple(read_name_list(cand / "val.txt")))
     for cand in (root, root / "SegmentationClassAug"):
         pngs = sorted(p.stem for p in cand.glob("*.png")) if cand.is_dir() else []
         if pngs:
             if (cand / "train.txt").is_file() and (cand / "val.txt").is_file():
-                train, val = _read_list(cand / "train.txt"), _read_list(cand / "val.txt")
+                train = read_name_list(cand / "train.txt")
+                val = read_name_list(cand / "val.txt")
             else:
                 train, val = pngs, []
             return SBD(cand, ".png", None, tuple(train), tuple(val))
@@ -187,7 +205,7 @@ def list_examples(data_dir, split, sbd_dir=None):
     voc_labelled = set(voc_train) | set(voc_val)
     trainval = voc / "ImageSets" / "Segmentation" / "trainval.txt"
     if trainval.is_file():
-        voc_labelled |= set(_read_list(trainval))
+        voc_labelled |= set(read_name_list(trainval))
     out = []
     for n in train_aug_names(voc_train, voc_val, sbd.train, sbd.val):
         if n in voc_labelled:
