@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab_keras.crf import DenseCRF, dense_crf, portable_ops
-from deeplab_keras.crf.testing import canonical_structure, coarse_logits, make_scene
+from deeplab_keras.crf.testing import canonical_structure, coarse_logits, make_scene, rounding_bound
 from deeplab_keras.models import build_model, resize_logits
 from deeplab_keras.preprocessing import preprocess_images
 
@@ -169,8 +169,10 @@ class TestCrfAlone:
         # The graph that was converted computes what the sparse CRF computes.
         serve, _, _ = crf_alone
         image, logits = sample
+        # The same ops (TensorFlow swaps the sparse form in): rounding only.
         np.testing.assert_allclose(serve(image, logits).numpy(),
-                                   dense_crf(image, logits, implementation="sparse").numpy(), atol=1e-4)
+                                   dense_crf(image, logits, implementation="sparse").numpy(),
+                                   atol=rounding_bound(logits, 10))
 
     def test_tensorflow_runs_the_sparse_form_of_the_default_graph(self, crf_alone, sample):
         serve, _, _ = crf_alone
@@ -261,7 +263,8 @@ class TestCrfAlone:
         feeds = {"images": image, "logits": logits}
         got, _ = _run_tflite(tflite_model, feeds)
         plain, _ = _run_tflite(plain_model, feeds)
-        np.testing.assert_allclose(got, plain, atol=1e-5)
+        # Both splat with SCATTER_ND in LiteRT; the rest is the same graph.
+        np.testing.assert_allclose(got, plain, atol=rounding_bound(logits, 10))
 
         def count(model, name):
             return sum(d["op_name"] == name for d in Interpreter(model_content=model)._get_ops_details())
@@ -394,7 +397,7 @@ class TestCrfAlone:
         model.export(str(tmp_path / "crf"), verbose=False)
         serve = tf.saved_model.load(str(tmp_path / "crf")).serve
         args = ([tf.constant(image, tf.float32), tf.constant(logit)],)  # the model's input list
-        np.testing.assert_allclose(serve(*args).numpy(), expected, atol=1e-4)
+        np.testing.assert_allclose(serve(*args).numpy(), expected, atol=rounding_bound(logit, 3))  # same graph
         assert "SparseTensorDenseMatMul" in _ops_run(serve, *args)
 
 
