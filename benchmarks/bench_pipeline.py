@@ -186,7 +186,7 @@ def main(argv=None):
 
     from deeplab_keras.data import builtin, decode, voc
 
-    print(f"cpu cores: {os.cpu_count()}, tensorflow {tf.__version__}, "
+    print(f"cpu cores: {os.cpu_count()} ({cpu_description()}), tensorflow {tf.__version__}, "
           f"load average at start: {os.getloadavg()[0]:.1f}")
     tmp = tempfile.mkdtemp(prefix="bench_pipeline_")
     try:
