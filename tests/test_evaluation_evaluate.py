@@ -129,7 +129,7 @@ def test_search_crf_end_to_end(voc_dir, tmp_path):
 
 
 def test_command_line(voc_dir, tmp_path, capsys):
-    from deeplab_keras.evaluation.cli import main
+    from deeplab_keras.app.evaluate_cli import main
 
     path = tmp_path / "m.keras"
     _constant_model(0).save(path)
@@ -149,7 +149,7 @@ def test_command_line(voc_dir, tmp_path, capsys):
 
 def test_command_line_names_a_released_label_set(voc_dir, tmp_path):
     # A 182-class model (deeplab-pytorch's COCO-Stuff head) gets COCO-Stuff's names.
-    from deeplab_keras.evaluation.cli import main
+    from deeplab_keras.app.evaluate_cli import main
     from deeplab_keras.labels import COCOSTUFF_CLASSES
 
     inp = keras.Input((None, None, 3))

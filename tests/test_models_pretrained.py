@@ -10,7 +10,7 @@ from deeplab_keras import labels
 from deeplab_keras.convert.caffemodel import write_caffemodel
 from deeplab_keras.convert.convert import convert, save_atomic
 from deeplab_keras.models import available_pretrained, build_model, get_release, load_pretrained
-from deeplab_keras.models import pretrained as pretrained_mod
+from deeplab_keras import pretrained as pretrained_mod
 from deeplab_keras.models.weights import load_backbone_weights
 from tests.test_convert_reference import WIDTH, images, random_blobs, resnet101_net, vgg_largefov_net
 
@@ -89,6 +89,35 @@ def test_coco_init_caffemodel_as_backbone_weights_keeps_a_fresh_classifier(tmp_p
                                   blobs["conv1"][0].transpose(2, 3, 1, 0))
     for a, b in zip(model.get_layer("aspp_1").get_weights(), fresh):
         np.testing.assert_array_equal(a, b)
+
+
+def test_import_deeplab_keras_registers_the_released_file_reader():
+    """`deeplab_keras.build_model(..., backbone_weights="init.caffemodel")` (the README)
+    works in a fresh process that imports nothing else: the models never import the
+    converter, so `import deeplab_keras` must have registered its reader."""
+    import subprocess
+    import sys
+
+    code = ("import deeplab_keras\n"
+            "from deeplab_keras.models import weights\n"
+            "readers = [weights._registered_reader(n) for n in ('init.caffemodel', 'x.pth', 'y.PT')]\n"
+            "assert weights._registered_reader('z.h5') is None\n"
+            "from deeplab_keras.convert.backbone import load_released_backbone\n"
+            "assert readers == [load_released_backbone] * 3, readers\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, ("deeplab_keras/__init__.py must import deeplab_keras.convert, which "
+                                  "registers the .caffemodel / .pth reader: " + proc.stderr[-2000:])
+
+
+def test_released_file_without_its_reader_is_a_clear_error(monkeypatch, tmp_path):
+    from deeplab_keras.models import weights
+
+    monkeypatch.setattr(weights, "_BACKBONE_READERS", {})
+    src = tmp_path / "init.caffemodel"
+    src.write_bytes(b"")
+    model = build_model("vgg16_largefov", width_multiplier=WIDTH)
+    with pytest.raises(ValueError, match="read by deeplab_keras.convert.*init.caffemodel"):
+        load_backbone_weights(model, src, "vgg16")
 
 
 def test_vgg16_20m_style_init_fills_every_aspp_branch(tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from deeplab_keras.training.cli import build_parser, main, resolve_config
+from deeplab_keras.app.train_cli import build_parser, main, resolve_config
 from deeplab_keras.training.config import (PRESETS, TrainConfig, apply_overrides, available_presets,
                                            get_preset, register_preset)
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_keras.training import cli
+from deeplab_keras.app import train_cli as cli
 from deeplab_keras.training.losses import segmentation_cross_entropy
 
 H, W = 40, 48
@@ -146,7 +146,7 @@ def test_train_evaluate_predict_on_camvid_folder(tmp_path, capsys):
     assert list(results["per_class_iou"]) == ["Sky", "Road", "Car"]
     assert results["num_images"] == 2 and not results["failed"]
 
-    from deeplab_keras.evaluation import cli as eval_cli
+    from deeplab_keras.app import evaluate_cli as eval_cli
     assert eval_cli.main(["--run-dir", str(run)]) == 0
     table = capsys.readouterr().out
     assert "Sky" in table and "Car" in table
@@ -265,7 +265,7 @@ def test_short_run_learns_on_the_other_layouts(tmp_path, layout, capsys):
 
 
 def test_export_copies_the_class_sidecar(tmp_path):
-    from deeplab_keras.export.cli import copy_class_sidecar
+    from deeplab_keras.app.export_cli import copy_class_sidecar
     from deeplab_keras.predict import find_class_sidecar
 
     run = tmp_path / "run"

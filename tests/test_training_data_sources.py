@@ -8,7 +8,7 @@ import pytest
 
 from deeplab_keras.data import synthetic
 from deeplab_keras.training import apply_overrides, get_preset
-from deeplab_keras.training.trainer import run
+from deeplab_keras.app.job import run
 
 TINY = dict(width_multiplier=0.0625, crop_size=33, batch_size=2, steps=2, steps_per_epoch=2,
             checkpoint_every=2, export_dir=None, num_classes=synthetic.NUM_CLASSES)

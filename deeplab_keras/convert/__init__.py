@@ -6,6 +6,10 @@
   zip / legacy pickle reader that only rebuilds tensors.
 - `convert(source, model=None, num_classes=None)`: the single-scale Keras
   DeepLab model with every weight matched by name and shape.
+- `load_released_backbone(model, source)`: the backbone of such a file into a
+  model; registered with `models.weights` on import, so that
+  `build_model(..., backbone_weights="init.caffemodel")` reads these files
+  (the models sit below the converter and never import it).
 - CLI: `python -m deeplab_keras.convert SOURCE --output FILE.keras` (console
   script `deeplab-convert`).
 
@@ -16,6 +20,11 @@ Example:
 """
 
 from deeplab_keras._lazy import lazy_getattr
+from deeplab_keras.convert.backbone import SUFFIXES as _SUFFIXES
+from deeplab_keras.convert.backbone import load_released_backbone
+from deeplab_keras.models.weights import register_backbone_reader
+
+register_backbone_reader(_SUFFIXES, load_released_backbone)
 
 _LAZY = {
     "read_caffemodel": "deeplab_keras.convert.caffemodel",
@@ -29,4 +38,4 @@ _LAZY = {
     "Conversion": "deeplab_keras.convert.convert",
 }
 
-__getattr__ = lazy_getattr(__name__, _LAZY, ("caffemodel", "pth", "mapping", "convert", "cli"))
+__getattr__ = lazy_getattr(__name__, _LAZY, ("caffemodel", "pth", "mapping", "convert", "cli", "backbone"))

@@ -1,13 +1,12 @@
 """Released DeepLab weights (.caffemodel, deeplab-pytorch .pth) -> a Keras DeepLab model."""
 
 import dataclasses
-import os
 import pathlib
-import tempfile
 
 from deeplab_keras.convert import mapping
 from deeplab_keras.convert.caffemodel import read_caffemodel
 from deeplab_keras.convert.pth import read_pth
+from deeplab_keras.utils.atomic import atomic_save
 
 _CAFFE_SUFFIXES = (".caffemodel",)
 _PTH_SUFFIXES = (".pth", ".pt", ".pth.tar")
@@ -90,7 +89,7 @@ def convert(source, model=None, num_classes=None, width_multiplier=1.0, backbone
     Raises:
       FileNotFoundError / ValueError naming the file and the first mismatch.
     """
-    from deeplab_keras.models import build_model
+    from deeplab_keras.models.build import build_model
     from deeplab_keras.models.registry import get_spec
 
     fmt, tensors = read_source(source)
@@ -119,13 +118,4 @@ def save_atomic(model, output):
     output = pathlib.Path(output)
     if output.suffix != ".keras":
         raise ValueError(f"output must be a .keras file. Received: output={str(output)!r}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=output.parent, prefix=f".{output.stem}.")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return output
+    return atomic_save(model.save, output, ".keras")

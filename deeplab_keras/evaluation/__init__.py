@@ -3,7 +3,10 @@
   metrics     confusion matrix, per-class IoU, mIoU, pixel accuracy.
   evaluate    `evaluate_split` / `evaluate_examples` / `Predictor`, `format_table`.
   crf_search  `search_crf`: coarse-to-fine search of the CRF's w1, sigma_alpha, sigma_beta.
-  cli         `deeplab-evaluate` / `python -m deeplab_keras.evaluation`.
+
+The command line `deeplab-evaluate` is `deeplab_keras.app.evaluate_cli` (it needs
+training's presets and checkpoints, and evaluation does not import training);
+`python -m deeplab_keras.evaluation` runs it.
 
 Example:
     >>> from deeplab_keras.evaluation import evaluate_split, format_table

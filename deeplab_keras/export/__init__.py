@@ -7,7 +7,9 @@
                       builtin ops only, dilated convs folded into CONV_2D.
   export_onnx         ONNX through tf2onnx, checked with onnxruntime.
   checks              parity of every format with the Keras model.
-  cli                 `deeplab-export` / `python export_tflite.py`.
+
+The command line (`deeplab-export` / `python export_tflite.py`) is
+`deeplab_keras.app.export_cli`: it resolves training presets, one layer up.
 
 Pre-processing, the bilinear upsampling of the stride-8 logits and, optionally,
 the dense CRF run inside every exported graph (`deeplab_keras.export.serving`).

@@ -5,7 +5,11 @@ Public API:
   available_models() -> list of names
   OUTPUT_STRIDE (8): logits are about H/8 x W/8; exactly `logits_size(backbone, (H, W))`
     (Caffe's ceil-mode pools: 321 -> 41, 513 -> 65, 375x500 -> 48x64 for VGG16)
-  load_pretrained(name_or_path) / available_pretrained(): the released DeepLab models
+  load_pretrained(name_or_path) / available_pretrained() / get_release / Release: the
+    released DeepLab models; defined one layer up in `deeplab_keras.pretrained` (it uses
+    the converter, which uses these networks) and re-exported here lazily, on first
+    access, so that the names the README shows keep working: the one upward import of
+    this package (allow-listed in tests/test_architecture.py)
   resize_logits(logits, size_hw) / ResizeLogits: bilinear logits at input resolution
   wrap_msc(model, scales=(1.0, 0.75, 0.5), training_outputs=False): multi-scale inputs
   classifier_layers(model): the 10x learning-rate layers (fc8 / ASPP convs)
@@ -20,10 +24,9 @@ Example:
 from deeplab_keras.models.build import build_model, classifier_layers
 from deeplab_keras.models.layers import ResizeLogits, ScaleImage, resize_logits
 from deeplab_keras.models.msc import wrap_msc
-from deeplab_keras.models.pretrained import Release, available_pretrained, get_release, load_pretrained
 from deeplab_keras.models.registry import ModelSpec, available_models
 from deeplab_keras.models.strides import OUTPUT_STRIDE, logits_size
-from deeplab_keras.models.weights import decimate_vgg_fc, load_backbone_weights
+from deeplab_keras.models.weights import decimate_vgg_fc, load_backbone_weights, register_backbone_reader
 
 __all__ = [
     "OUTPUT_STRIDE",
@@ -40,6 +43,18 @@ __all__ = [
     "load_backbone_weights",
     "load_pretrained",
     "logits_size",
+    "register_backbone_reader",
     "resize_logits",
     "wrap_msc",
 ]
+
+_PRETRAINED = ("Release", "available_pretrained", "get_release", "load_pretrained")
+
+
+def __getattr__(name):
+    if name in _PRETRAINED:
+        # Backwards-compatible re-export from the layer above (see the docstring).
+        from deeplab_keras import pretrained
+
+        return getattr(pretrained, name)
+    raise AttributeError(f"module 'deeplab_keras.models' has no attribute {name!r}")

@@ -11,12 +11,17 @@ Sources (`backbone_weights=`):
     name, so the matching keras.applications model is rebuilt and loaded, and
     its layers are then read by name.
 
-- a released DeepLab file (`.caffemodel`, deeplab-pytorch `.pth`) or a
-  converted / trained DeepLab `.keras` model: its backbone (and VGG fc6/fc7)
+- a converted / trained DeepLab `.keras` model: its backbone (and VGG fc6/fc7)
   initialises this model, by name and shape; the classifier keeps its fresh
-  initialisation. This is how DeepLab v2 fine-tunes from the MS-COCO
-  `init.caffemodel` (91 classes) to VOC (21): `backbone_weights="init.caffemodel"`.
-  `vgg16_20M.caffemodel` (fc6/fc7 already decimated) works the same way.
+  initialisation.
+- a released DeepLab file (`.caffemodel`, deeplab-pytorch `.pth`), the same way.
+  This is how DeepLab v2 fine-tunes from the MS-COCO `init.caffemodel` (91
+  classes) to VOC (21): `backbone_weights="init.caffemodel"`;
+  `vgg16_20M.caffemodel` (fc6/fc7 already decimated) works the same way. Those
+  formats are known one layer up, in `deeplab_keras.convert`, which registers
+  its reader here (`register_backbone_reader`) when it is imported, and
+  `import deeplab_keras` imports it: this module never imports the converter
+  (docs/ARCHITECTURE.md: imports run one way, and the models sit below it).
 
 Every weighted backbone layer of the DeepLab model must find a source layer of
 the same name with the same number and shapes of arrays; the first that does not
@@ -40,6 +45,35 @@ import warnings
 import numpy as np
 
 HEAD_PREFIXES = ("fc6", "fc7", "fc8", "aspp_")
+
+# The released formats (.caffemodel, deeplab-pytorch .pth / .pt): only for the error
+# message when their reader is not registered.
+_RELEASED_SUFFIXES = (".caffemodel", ".pth", ".pt")
+
+# {lower-case file suffix: loader(model, source) -> loaded layer names}:
+# weights formats known by the layers above (the converter's .caffemodel / .pth).
+_BACKBONE_READERS = {}
+
+
+def register_backbone_reader(suffixes, loader):
+    """Lets a layer above the models read `backbone_weights` files of its formats.
+
+    Args:
+      suffixes: file name endings, e.g. (".caffemodel", ".pth", ".pt").
+      loader: `loader(model, source) -> list of layer names` that loads the
+        backbone (+ VGG fc6/fc7) of `source` into `model` and leaves the
+        classifier as it is; it raises ValueError naming the first mismatch.
+    """
+    for suffix in suffixes:
+        _BACKBONE_READERS[suffix.lower()] = loader
+
+
+def _registered_reader(source):
+    name = str(source).lower()
+    for suffix, loader in _BACKBONE_READERS.items():
+        if name.endswith(suffix):
+            return loader
+    return None
 
 # Decimation of the ImageNet fc layers into fc6/fc7 (DeepLab v1, Sec. 4.1).
 FC6_TAP_STEP = 3  # 7x7 -> 3x3
@@ -196,7 +230,8 @@ def load_backbone_weights(model, source, backbone):
 
     Args:
       model: a DeepLab model from `build_model` (width_multiplier 1).
-      source: "imagenet" or a path to a keras.applications weights file.
+      source: "imagenet", a path to a keras.applications weights file or a
+        DeepLab .keras model, or a file of a registered reader (.caffemodel / .pth).
       backbone: "vgg16" or "resnet101".
 
     Returns:
@@ -206,8 +241,14 @@ def load_backbone_weights(model, source, backbone):
       ValueError: naming the first backbone layer missing from the source or
         whose array shapes differ; nothing is loaded in that case.
     """
-    if str(source).lower().endswith((".caffemodel", ".pth", ".pt")):
-        return _load_released_backbone(model, source)
+    reader = _registered_reader(source)
+    if reader is not None:
+        return reader(model, source)
+    if str(source).lower().endswith(_RELEASED_SUFFIXES):
+        raise ValueError(
+            f"{str(source)!r} is a released DeepLab file, read by deeplab_keras.convert, which "
+            "registers its reader when imported (`import deeplab_keras` does it). "
+            f"Received: backbone_weights={str(source)!r}")
     if str(source).lower().endswith(".keras"):
         return _load_keras_backbone(model, source)
     weights = read_source_weights(source, backbone)
@@ -252,18 +293,6 @@ def load_backbone_weights(model, source, backbone):
     for layer, arrays in plan:
         layer.set_weights(arrays)
     return [layer.name for layer, _ in plan]
-
-
-def _load_released_backbone(model, source):
-    """Backbone (+ VGG fc6/fc7) of a .caffemodel / .pth, via the converter's strict mapping."""
-    from deeplab_keras.convert.convert import read_source
-    from deeplab_keras.convert.mapping import plan_weights
-
-    fmt, tensors = read_source(source)
-    plan = plan_weights(model, tensors, fmt, repr(str(source)), backbone_only=True)
-    for layer, arrays in plan.assign:
-        layer.set_weights(arrays)
-    return [layer.name for layer, _ in plan.assign]
 
 
 def _load_keras_backbone(model, source):

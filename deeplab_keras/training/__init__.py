@@ -6,8 +6,14 @@
   losses      softmax cross-entropy at output stride 8 with 255 ignored.
   callbacks   atomic checkpoints, NaN stop, resume helpers.
   strategy    MirroredStrategy / MultiWorkerMirroredStrategy.
-  trainer     `train(config)` / `run(config)`: the recipe top to bottom.
-  cli         `main()` behind `python train.py` and `deeplab-train`.
+  inputs      the run's data: source, class count, checks, the training stream.
+  networks    the models, `compile`, LSUV init, checkpoint loading.
+  trainer     `train(config)`: the recipe top to bottom.
+
+`run(config)` (train, evaluate, export) and the `deeplab-train` command line sit
+in the layer above, `deeplab_keras.app`; `run` is re-exported here lazily, for
+backwards compatibility (the one upward import of this package, allow-listed in
+tests/test_architecture.py).
 
 `config` imports no TensorFlow; the rest is imported on first use.
 
@@ -32,7 +38,7 @@ _LAZY = {
     "TrainingDivergedError": "deeplab_keras.training.callbacks",
     "make_strategy": "deeplab_keras.training.strategy",
     "train": "deeplab_keras.training.trainer",
-    "run": "deeplab_keras.training.trainer",
+    "run": "deeplab_keras.app.job",  # upward, lazy: see the docstring
     "TrainResult": "deeplab_keras.training.trainer",
 }
 

@@ -19,8 +19,11 @@
      Keras progress bar;
   6. an inference copy of the single-scale network, saved as `model.keras`.
 
-`run(config)` adds what `python train.py` does after training: evaluation on
-the val split (mIoU and per-class table) and a SavedModel export.
+The steps live in `training.inputs` (data, checks) and `training.networks`
+(model, optimizer, loss, checkpoints); this module runs them in order.
+`deeplab_keras.app.job.run(config)` adds what `python train.py` does after
+training: evaluation on the val split and a SavedModel export (the layer above
+training and export).
 
 References: DeepLab v1 (Chen et al., ICLR 2015, Sec. 4.1), DeepLab v2
 (Chen et al., TPAMI 2017, Sec. 4); DESIGN.md Sec. 3.
@@ -43,15 +46,16 @@ from pathlib import Path
 import keras
 
 from deeplab_keras.training import callbacks as cb
-from deeplab_keras.training.accumulation import install_accumulation
-from deeplab_keras.utils.atomic import atomic_save, check_writable
 from deeplab_keras.training.config import TrainConfig
-from deeplab_keras.training.losses import SegmentationCrossEntropy
-from deeplab_keras.training.optimizer import make_optimizer
-from deeplab_keras.training.precision import dtype_policy
-from deeplab_keras.training.schedules import make_schedule
-from deeplab_keras.training.strategy import (distribute_options, is_chief, make_strategy,
-                                             per_replica_batch, synchronize_batchnorm)
+# The steps of the recipe, one module each; imported by name here too, so that
+# `from deeplab_keras.training.trainer import build_networks` (and the others) keeps working.
+from deeplab_keras.training.inputs import (DATA_REPORT_JSON, DATA_REPORT_TXT,  # noqa: F401
+                                           check_data, class_names, make_train_dataset,
+                                           open_custom, resolve_data)
+from deeplab_keras.training.networks import (build_networks, compile_for_training,  # noqa: F401
+                                             inference_copy, load_checkpoint_model, lsuv_init)
+from deeplab_keras.training.strategy import is_chief, make_strategy, per_replica_batch
+from deeplab_keras.utils.atomic import atomic_save, check_writable
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
@@ -83,278 +87,6 @@ class TrainResult:
     run_dir: Path
 
 
-def resolve_data(config):
-    """(config, data dir or None): the built-in dataset when no data source is given.
-
-    With the built-in data, num_classes is set to the built-in class count. With
-    your own data (`data_dir` in a layout of `deeplab_keras.data.custom`),
-    num_classes comes from the dataset's class table: a value left at the
-    preset's default is replaced (and the change printed), any other value that
-    differs is an error naming both; the "train_aug" split (VOC + SBD) becomes
-    "train". The resolved config is the one written to the run directory.
-
-    Raises:
-      ValueError: num_classes differs from your dataset's class count.
-      decode.DataError: a bad dataset (names the file).
-    """
-    if config.tfds:
-        return config, None
-    if config.data_dir:
-        dataset = open_custom(config)
-        if dataset is not None:
-            config = _custom_num_classes(config, dataset)
-            if config.train_split == "train_aug":
-                config = dataclasses.replace(config, train_split="train")
-            dataset.examples(config.train_split)  # a missing split fails before training
-            if config.evaluate or config.val_miou_images or config.image_summary_every:
-                dataset.examples(config.val_split)
-        return config, Path(config.data_dir)
-    from deeplab_keras.data import builtin
-
-    data_dir = builtin.ensure_builtin()
-    if config.num_classes != builtin.NUM_CLASSES:
-        print(f"[train] no --data-dir/--tfds: using the built-in dataset ({data_dir}), "
-              f"num_classes {config.num_classes} -> {builtin.NUM_CLASSES}", flush=True)
-        config = dataclasses.replace(config, num_classes=builtin.NUM_CLASSES)
-    if config.train_split == "train_aug":
-        config = dataclasses.replace(config, train_split="train")
-    return config, data_dir
-
-
-def open_custom(config):
-    """The `custom.Dataset` of `config.data_dir`, or None for a VOCdevkit / TFDS / built-in."""
-    if config.tfds or not config.data_dir:
-        return None
-    from deeplab_keras.data import custom
-
-    if custom.source_kind(config.data_dir) == "voc":
-        return None
-    return custom.open_dataset(config.data_dir, ignore_value=config.ignore_value,
-                               unknown_color=config.unknown_color,
-                               ignore_classes=config.ignore_classes)
-
-
-def _custom_num_classes(config, dataset):
-    if config.num_classes == dataset.num_classes:
-        return config
-    from deeplab_keras.training.config import PRESETS
-
-    default = PRESETS[config.name].num_classes if config.name in PRESETS \
-        else TrainConfig().num_classes
-    if config.num_classes != default:
-        raise ValueError(
-            f"num_classes={config.num_classes} does not match the dataset at {dataset.root}: "
-            f"its class table ({dataset.table.source or 'the mask values'}) has "
-            f"{dataset.num_classes} classes ({', '.join(dataset.class_names)}). Leave "
-            f"--num-classes out to use the dataset's. Received: num_classes={config.num_classes}")
-    print(f"[train] num_classes {config.num_classes} -> {dataset.num_classes} from the "
-          f"dataset at {dataset.root}", flush=True)
-    return dataclasses.replace(config, num_classes=dataset.num_classes)
-
-
-DATA_REPORT_JSON = "data_report.json"
-DATA_REPORT_TXT = "class_frequencies.txt"
-
-
-def check_data(config, run_dir=None):
-    """The checks before training; returns the loss's class weights (None: unweighted).
-
-    For your own data: prints the layout, the class names, the ignore rules, the
-    splits and the class-frequency table of the training split (decoding every
-    training mask once, so unknown colours fail here with the file's name), warns
-    when one class covers > 95 % of the labelled pixels, and writes the table to
-    `run_dir/class_frequencies.txt` and `run_dir/data_report.json`; the class
-    names and colours go to `run_dir/classes.json` (the sidecar that
-    `deeplab-predict` colours its outputs with).
-
-    Args:
-      config: a resolved `TrainConfig` (`resolve_data`).
-      run_dir: where to write the report (None: nowhere).
-
-    Returns:
-      None, or a tuple of num_classes floats.
-
-    Raises:
-      ValueError: class_weights is a method name but the data is not your own
-        (VOC / TFDS / built-in have no frequency table here; give a list).
-    """
-    from deeplab_keras.data import custom
-    from deeplab_keras.utils.atomic import atomic_write_text
-
-    method = custom.parse_class_weights(config.class_weights)
-    dataset = open_custom(config)
-    if dataset is None:
-        if isinstance(method, str) and method != "none":
-            raise ValueError(
-                f"class_weights={method!r} is computed from the class-frequency table of your "
-                "own data (data_dir in an images/+masks/, VOC-like export or CamVid layout); "
-                f"for this data source give {config.num_classes} numbers instead. Received: "
-                f"class_weights={config.class_weights!r}")
-        if isinstance(method, str):
-            return None
-        if len(method) != config.num_classes:
-            raise ValueError(f"class_weights lists {len(method)} numbers but num_classes is "
-                             f"{config.num_classes}. Received: "
-                             f"class_weights={config.class_weights!r}")
-        return tuple(method)
-    print(dataset.describe(), flush=True)
-    report = custom.frequency_report(dataset, config.train_split)
-    weights = custom.class_weights(report, method)
-    table = report.table(None if method == "none" else weights)
-    print(f"[data] class frequencies of the {config.train_split} split "
-          f"(labelled pixels at full resolution):\n{table}", flush=True)
-    warning = custom.dominance_warning(report, config.train_split)
-    if warning:
-        print(f"[data] {warning}", flush=True)
-    if run_dir is not None:
-        atomic_write_text(Path(run_dir) / DATA_REPORT_TXT,
-                          dataset.describe() + "\n" + table + "\n"
-                          + (warning + "\n" if warning else ""))
-        info = {"data_dir": str(dataset.root), "layout": dataset.layout,
-                "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
-                "class_colors": list(custom.hex_colors(dataset.class_colors)),
-                "ignored_classes": list(dataset.table.ignored),
-                "ignore_value": dataset.ignore_value, "unknown_color": dataset.unknown_color,
-                "splits": {k: len(v) for k, v in dataset.splits.items()},
-                "split_note": dataset.split_note, "class_weights": config.class_weights,
-                "train_split": config.train_split, "warning": warning,
-                "frequencies": report.to_dict(None if method == "none" else weights)}
-        atomic_write_text(Path(run_dir) / DATA_REPORT_JSON, json.dumps(info, indent=2) + "\n")
-        # Beside model.keras (and copied into exports): deeplab-predict colours with it.
-        custom.write_classes_json(Path(run_dir) / custom.CLASSES_FILE, dataset.class_names,
-                                  dataset.class_colors)
-    return None if method == "none" else tuple(float(w) for w in weights)
-
-
-def make_train_dataset(config, data_dir, seed, output_keys=None):
-    """The augmented, repeated training stream, batched with the global batch.
-
-    Args:
-      config: the `TrainConfig`.
-      data_dir: VOCdevkit dir, or None with `config.tfds`.
-      seed: augmentation / order seed (the trainer offsets it by the resume step
-        so a resumed run does not replay the first batches).
-      output_keys: for MSC models, the output names: labels are repeated into a
-        dict with one entry per output (each loss reduces them to its own size).
-
-    Returns:
-      tf.data.Dataset of (images float32 [B, c, c, 3] preprocessed, labels int32
-      [B, c, c] or a dict of them), c = crop_size, B = batch_size.
-    """
-    common = dict(training=True, batch_size=config.batch_size, crop_size=config.crop_size,
-                  num_classes=config.num_classes, seed=seed, repeat=True, drop_remainder=True,
-                  scale_range=(config.min_scale, config.max_scale), cache=config.cache_data)
-    if config.tfds:
-        from deeplab_keras.data import make_tfds_dataset
-
-        tfds_config = "train_aug" if config.train_split == "train_aug" else "segmentation"
-        ds = make_tfds_dataset(config.train_split, config=tfds_config,
-                               data_dir=config.tfds_data_dir, manual_dir=config.tfds_manual_dir,
-                               **common)
-    else:
-        from deeplab_keras.data import make_dataset
-
-        ds = make_dataset(str(data_dir), config.train_split, sbd_dir=config.sbd_dir,
-                          ignore_value=config.ignore_value, unknown_color=config.unknown_color,
-                          ignore_classes=config.ignore_classes, **common)
-    if output_keys:
-        keys = tuple(output_keys)
-        ds = ds.map(lambda images, labels: (images, {k: labels for k in keys}))
-    return distribute_options(ds)
-
-
-def build_networks(config, backbone_weights="config", mixed_precision="config"):
-    """(base model, training model): the training model is the MSC wrapper with
-    one output per scale plus the fused one when `config.msc_training`, else the
-    base model itself. Weights are shared.
-
-    Both are built under the dtype policy of `mixed_precision` ("config":
-    `config.mixed_precision`; None: float32), see `training.precision`.
-    """
-    from deeplab_keras.models import build_model, wrap_msc
-
-    weights = config.backbone_weights if backbone_weights == "config" else backbone_weights
-    precision = config.mixed_precision if mixed_precision == "config" else mixed_precision
-    with dtype_policy(precision):
-        base = build_model(config.model, num_classes=config.num_classes, backbone_weights=weights,
-                           width_multiplier=config.width_multiplier, freeze_bn=config.freeze_bn,
-                           dropout=config.dropout)
-        if not config.msc_training:
-            return base, base
-        return base, wrap_msc(base, config.msc_scales, training_outputs=True)
-
-
-def compile_for_training(config, train_model, strategy=None, class_weights=None):
-    """Optimizer, loss and `compile` of the training model, as `train` does it.
-
-    DeepLabSGD (momentum, L2 on kernels, 10x on the classifier) on the
-    config's schedule; one stride-8 loss per output; `jit_compile` from the
-    config; a LossScaleOptimizer around the SGD under mixed float16 (Keras'
-    `compile` adds it); `accumulate` micro-batches per step; SyncBatchNorm
-    for trained BN under several replicas. Call inside `strategy.scope()`.
-    `class_weights` (C floats, from `check_data`) weight each class's pixels
-    in the loss; 255 stays ignored.
-
-    Returns:
-      (output keys or None, the loss passed to compile).
-    """
-    optimizer = make_optimizer(train_model, make_schedule(config), momentum=config.momentum,
-                               weight_decay=config.weight_decay,
-                               classifier_lr_mult=config.classifier_lr_mult)
-    if isinstance(train_model.output, dict):
-        output_keys = sorted(train_model.output)
-        loss = {k: SegmentationCrossEntropy(class_weights=class_weights, name=f"{k}_loss")
-                for k in output_keys}
-    else:
-        output_keys, loss = None, SegmentationCrossEntropy(class_weights=class_weights)
-    if strategy is not None:
-        synced = synchronize_batchnorm(train_model, strategy)
-        if synced:
-            print(f"[train] SyncBatchNorm over {strategy.num_replicas_in_sync} replicas: "
-                  f"{len(synced)} BatchNorm layers", flush=True)
-    train_model.compile(optimizer=optimizer, loss=loss, jit_compile=config.jit_compile)
-    # The compiled optimizer: DeepLabSGD, or the LossScaleOptimizer wrapping it (float16).
-    train_model.optimizer.build(train_model.trainable_variables)
-    install_accumulation(train_model, loss, config.accumulate)
-    return output_keys, loss
-
-
-def lsuv_init(model, images, skip=()):
-    """Layer-sequential unit-variance rescaling of the conv kernels (from-scratch runs).
-
-    Mishkin & Matas, "All you need is a good init" (ICLR 2016): going from the
-    input to the output, each conv kernel is divided by the standard deviation
-    of the layer's output on `images`, so every layer starts with unit-variance
-    activations. Without it, a plain 15-layer VGG with Keras' Glorot init and
-    Caffe-scaled inputs spends its first few hundred SGD steps on a plateau
-    predicting the class priors.
-
-    Args:
-      model: a functional DeepLab model (its conv layers on one graph).
-      images: float32 [B, H, W, 3] preprocessed training images.
-      skip: layers left as they are (the classifier, whose N(0, 0.01) init is DeepLab's).
-
-    Returns:
-      The list of (layer name, std before rescaling).
-    """
-    import tensorflow as tf
-
-    skipped = {id(layer) for layer in skip}
-    convs = [layer for layer in model.layers
-             if isinstance(layer, keras.layers.Conv2D) and id(layer) not in skipped]
-    probe = keras.Model(model.inputs, [layer.output for layer in convs])
-    stds = []
-    for i, layer in enumerate(convs):
-        # float32: under mixed float16 the sum of squares overflows.
-        std = float(tf.math.reduce_std(tf.cast(probe(images, training=False)[i], tf.float32)))
-        if not 0 < std < float("inf"):
-            raise ValueError(f"LSUV init: layer {layer.name} has output std {std} on the "
-                             "probe batch; cannot rescale it.")
-        layer.kernel.assign(layer.kernel / std)
-        stds.append((layer.name, std))
-    return stds
-
-
 def check_resumable(config, run_dir):
     """Refuse to resume a run whose architecture differs (names the keys and values)."""
     path = Path(run_dir) / CONFIG_FILE
@@ -371,27 +103,6 @@ def check_resumable(config, run_dir):
     if diff:
         raise ValueError(f"The checkpoints in {run_dir} were trained with another network ("
                          + "; ".join(diff) + "). Use another --output-dir, or the same settings.")
-
-
-def load_checkpoint_model(config, checkpoint):
-    """The single-scale inference model of `config` with the weights of a training checkpoint.
-
-    The training model (and its optimizer, whose state the checkpoint also holds)
-    is rebuilt exactly as `train` builds it, so the checkpoint is checked in
-    full: another architecture, num_classes or width gives a ValueError naming
-    the file.
-    """
-    base, train_model = build_networks(config, backbone_weights=None)
-    compile_for_training(config, train_model)
-    cb.restore_checkpoint(train_model, checkpoint)
-    return _inference_copy(config, base)
-
-
-def _inference_copy(config, base):
-    """A fresh float32 single-scale model outside any distribution scope, with `base`'s weights."""
-    model, _ = build_networks(config, backbone_weights=None, mixed_precision=None)
-    model.set_weights(base.get_weights())
-    return model
 
 
 def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
@@ -514,7 +225,7 @@ def train(config, *, devices=None, extra_callbacks=(), verbose="auto"):
             f"Lower the learning rate (base_lr={config.base_lr}) and resume or start again.")
 
     # 6. The inference network: single scale, uncompiled, no distribution scope.
-    model = _inference_copy(config, base)
+    model = inference_copy(config, base)
     if chief:
         atomic_save(lambda tmp: model.save(tmp), run_dir / MODEL_FILE, ".keras")
     return TrainResult(config=config, model=model, step=step, resumed_from=start_step,
@@ -600,66 +311,3 @@ def _tensorboard(log_dir):
     return [keras.callbacks.TensorBoard(str(log_dir), write_graph=False)]
 
 
-def run(config, *, devices=None, verbose="auto"):
-    """`python train.py`: train, then evaluate on the val split and export a SavedModel.
-
-    Returns:
-      (TrainResult, EvalResult or None, export path or None).
-    """
-    result = train(config, devices=devices, verbose=verbose)
-    config = result.config
-    evaluation = export_path = None
-    if not (config.multi_worker and not _chief_from_env()):
-        if config.evaluate:
-            from deeplab_keras.evaluation import evaluate_split, format_table
-
-            data_dir = None if config.tfds else (config.data_dir or _builtin_dir())
-            evaluation = evaluate_split(
-                result.model, data_dir, config.val_split, num_classes=config.num_classes,
-                scales=config.eval_scales, flip=config.eval_flip,
-                class_names=_class_names(config), tfds=config.tfds,
-                ignore_value=config.ignore_value, unknown_color=config.unknown_color,
-                ignore_classes=config.ignore_classes,
-                tfds_data_dir=config.tfds_data_dir, tfds_manual_dir=config.tfds_manual_dir)
-            print(format_table(evaluation))
-            evaluation.to_json(result.run_dir / "eval_results.json")
-            print(f"mIoU on {config.val_split}: {evaluation.miou:.4f}", flush=True)
-        if config.export_dir:
-            from deeplab_keras.export import export_saved_model
-
-            export_path = export_saved_model(result.model, Path(config.export_dir) / config.name)
-            config.to_json(Path(export_path) / "train_config.json")
-            from deeplab_keras.data import custom
-
-            classes = result.run_dir / custom.CLASSES_FILE
-            if classes.is_file():
-                shutil.copyfile(classes, Path(export_path) / custom.CLASSES_FILE)
-            print(f"SavedModel written to {export_path}", flush=True)
-    return result, evaluation, export_path
-
-
-def _chief_from_env():
-    from deeplab_keras.training.strategy import read_tf_config
-
-    task = read_tf_config()["task"]
-    return task.get("type") == "chief" or (task.get("type") == "worker" and task.get("index") == 0)
-
-
-def _builtin_dir():
-    from deeplab_keras.data import builtin
-
-    return builtin.ensure_builtin()
-
-
-def _class_names(config):
-    from deeplab_keras.data import builtin
-    from deeplab_keras.palette import VOC_CLASSES
-
-    if not config.tfds and not config.data_dir:
-        return list(builtin.CLASS_NAMES)
-    dataset = open_custom(config)
-    if dataset is not None:
-        return list(dataset.class_names)
-    if config.num_classes == len(VOC_CLASSES):
-        return list(VOC_CLASSES)
-    return [f"class_{i}" for i in range(config.num_classes)]

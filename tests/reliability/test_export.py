@@ -27,7 +27,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab_keras.export import cli
+from deeplab_keras.app import export_cli as cli
 from deeplab_keras.export.saved_model import existing_versions, export_saved_model
 from deeplab_keras.export.serving import ServingModule
 from deeplab_keras.export.tflite import convert_tflite, export_tflite

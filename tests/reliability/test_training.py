@@ -32,7 +32,7 @@ from PIL import Image
 from deeplab_keras.data import builtin
 from deeplab_keras.training import apply_overrides, get_preset
 from deeplab_keras.training import callbacks as cb
-from deeplab_keras.training.cli import build_parser, main, resolve_config
+from deeplab_keras.app.train_cli import build_parser, main, resolve_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(width_multiplier=0.0625, crop_size=65, batch_size=2, steps_per_epoch=2,
@@ -115,7 +115,7 @@ class TestConfigs:
         with pytest.raises(ValueError, match=f"Checkpoint {ckpt} does not fit this model \\(vgg16_aspp_s"):
             load_checkpoint_model(apply_overrides(config, {"model": "vgg16_aspp_s"}), ckpt)
         # The same through deeplab-evaluate: exit 2 and one readable line.
-        from deeplab_keras.evaluation.cli import main as evaluate_main
+        from deeplab_keras.app.evaluate_cli import main as evaluate_main
 
         assert evaluate_main(["--checkpoint", str(ckpt), "--preset", "builtin", "--set",
                               "width_multiplier=0.125"]) == 2

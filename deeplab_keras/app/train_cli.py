@@ -133,7 +133,7 @@ def _check_explicit_num_classes(args, config):
         item.split("=", 1)[0].strip() == "num_classes" for item in args.set)
     if not explicit or not config.data_dir or config.tfds:
         return
-    from deeplab_keras.training.trainer import open_custom
+    from deeplab_keras.training.inputs import open_custom
 
     dataset = open_custom(config)
     if dataset is not None and dataset.num_classes != config.num_classes:
@@ -169,8 +169,8 @@ def main(argv=None):
 
     import time
 
+    from deeplab_keras.app.job import run
     from deeplab_keras.training.callbacks import TrainingDivergedError
-    from deeplab_keras.training.trainer import run
 
     start = time.time()
     print(f"[train] preset {config.name}: {config.model}, batch {config.batch_size}, "

@@ -113,7 +113,7 @@ def load_model(args):
     if args.checkpoint is None and (Path(args.run_dir) / "model.keras").is_file() and not args.set:
         return keras.models.load_model(Path(args.run_dir) / "model.keras", compile=False), config
     from deeplab_keras.training import callbacks as cb
-    from deeplab_keras.training.trainer import load_checkpoint_model
+    from deeplab_keras.training.networks import load_checkpoint_model
 
     ckpt = args.checkpoint
     if ckpt is None:

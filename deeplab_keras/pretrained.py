@@ -1,5 +1,10 @@
 """The released DeepLab models as named presets: `load_pretrained("deeplabv2_resnet101_voc")`.
 
+The layer above the networks (`models`) and the converter (`convert`): the
+registry of releases, their download and the cache of converted models.
+`deeplab_keras.models.load_pretrained` (and the other names here) stay
+importable from `models`, re-exported lazily for backwards compatibility.
+
 Each `Release` says where the authors published the file, what it holds and
 the paper's PASCAL VOC 2012 val mIoU (DESIGN.md Sec. 4 and 6). `load_pretrained`
 fetches it with `keras.utils.get_file` (cached in ~/.keras/deeplab_keras),
@@ -13,6 +18,7 @@ import dataclasses
 import os
 import pathlib
 
+from deeplab_keras.convert.convert import convert, save_atomic, source_format_of
 from deeplab_keras.labels import COCO_CLASSES, COCOSTUFF_CLASSES, VOC_CLASSES
 
 _JHU = "http://www.cs.jhu.edu/~alanlab/ccvl"
@@ -148,8 +154,6 @@ def load_pretrained(name_or_path, num_classes=None, cache_dir=None, width_multip
       >>> model = load_pretrained("/data/train_iter_20000.caffemodel")  # offline
     """
     import keras
-
-    from deeplab_keras.convert.convert import convert, save_atomic, source_format_of
 
     text = os.fspath(name_or_path) if isinstance(name_or_path, (str, os.PathLike)) else None
     if text is None:
