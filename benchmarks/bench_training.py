@@ -1,9 +1,9 @@
 """Training throughput (images/s) of the DeepLab presets, per precision, on a CPU or a GPU.
 
 Each configuration is the real training step of `deeplab_keras.training`: the
-networks of `trainer.build_networks` (for ResNet-101 the MSC wrapper with its 4
+networks of `training.networks.build_networks` (for ResNet-101 the MSC wrapper with its 4
 losses, as the deeplab-v2-resnet101 preset trains) built under the precision's
-dtype policy, then `trainer.compile_for_training` (DeepLabSGD with the poly /
+dtype policy, then `training.networks.compile_for_training` (DeepLabSGD with the poly /
 step schedule, the stride-8 loss per output, LossScaleOptimizer under float16,
 XLA with --jit-compile, --accumulate micro-batches), then `train_on_batch` on a
 fixed batch of random images and labels (the input pipeline is benchmarked in
@@ -76,7 +76,7 @@ def time_training(preset, batch, crop, steps, overrides=None, precision="float32
     """(seconds per step, parameters) of `steps` training steps after one warm-up step."""
     import keras
 
-    from deeplab_keras.training.trainer import build_networks, compile_for_training
+    from deeplab_keras.training.networks import build_networks, compile_for_training
 
     keras.backend.clear_session()
     config = _config(preset, batch, crop, precision, overrides)
@@ -98,7 +98,7 @@ def _plain_keras_step(config, steps, repeats=2):
     import keras
 
     from deeplab_keras.training.losses import reduce_labels
-    from deeplab_keras.training.trainer import build_networks
+    from deeplab_keras.training.networks import build_networks
 
     _, model = build_networks(config, backbone_weights=None)
     model.compile(optimizer=keras.optimizers.SGD(config.base_lr, momentum=config.momentum),
@@ -123,7 +123,8 @@ def measure_overhead(steps, overrides=None):
     import keras
 
     from deeplab_keras.training import apply_overrides, get_preset
-    from deeplab_keras.training.trainer import resolve_data, train
+    from deeplab_keras.training.inputs import resolve_data
+    from deeplab_keras.training.trainer import train
 
     class StepTimes(keras.callbacks.Callback):
         def __init__(self):

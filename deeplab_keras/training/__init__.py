@@ -1,6 +1,7 @@
 """Training: typed presets, the paper's schedules / optimizer / loss, and the `fit` driver.
 
   config      `TrainConfig`, the preset registry, checked `key=value` overrides.
+  values      the typed parsing of override values (`coerce`, `check_type`).
   schedules   v1 "step" and v2 "poly" learning-rate schedules.
   optimizer   `DeepLabSGD`: momentum, L2 decay on kernels, 10x on the classifier.
   losses      softmax cross-entropy at output stride 8 with 255 ignored.

@@ -22,12 +22,12 @@ Example:
 import dataclasses
 import difflib
 import json
-import types
 import typing
 from pathlib import Path
 
 from deeplab_keras.data import builtin as _builtin
 from deeplab_keras.data import custom as _custom
+from deeplab_keras.training.values import check_type, coerce
 
 LR_POLICIES = ("step", "poly")
 INITS = ("keras", "lsuv")
@@ -206,7 +206,7 @@ class TrainConfig:
             raise ValueError(f"A config must be a JSON object. Received: {type(values).__name__}")
         _check_keys(values)
         hints = _field_types()
-        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+        return cls(**{k: coerce(k, v, hints[k]) for k, v in values.items()})
 
     @classmethod
     def from_json(cls, path):
@@ -234,11 +234,11 @@ def _positive(cfg, *names):
 
 def validate(cfg):
     """Check the values of a `TrainConfig` (types are checked on construction by
-    `_coerce` for overrides; here, ranges and choices). Raises ValueError naming
+    `values.coerce` for overrides; here, ranges and choices). Raises ValueError naming
     the field and the value."""
     hints = _field_types()
     for f in dataclasses.fields(cfg):
-        _check_type(f.name, getattr(cfg, f.name), hints[f.name])
+        check_type(f.name, getattr(cfg, f.name), hints[f.name])
     _positive(cfg, "num_classes", "width_multiplier", "crop_size", "batch_size", "steps",
               "base_lr", "lr_step_size", "lr_gamma", "lr_power", "classifier_lr_mult",
               "checkpoint_every", "keep_checkpoints", "steps_per_epoch", "min_scale",
@@ -303,115 +303,6 @@ def validate(cfg):
                          "(pass backbone_weights=none)")
 
 
-# ---------------------------------------------------------------------------
-# Parsing of `key=value` overrides against the field types.
-
-_NONE_WORDS = ("none", "null", "")
-_TRUE_WORDS = ("1", "true", "yes", "on")
-_FALSE_WORDS = ("0", "false", "no", "off")
-
-
-def _optional_inner(tp):
-    """X for Optional[X], else None."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return None
-
-
-def _type_name(tp):
-    inner = _optional_inner(tp)
-    if inner is not None:
-        return f"{_type_name(inner)} or none"
-    if typing.get_origin(tp) is tuple:
-        return f"comma-separated list of {typing.get_args(tp)[0].__name__}"
-    return tp.__name__
-
-
-def _check_type(key, value, tp):
-    inner = _optional_inner(tp)
-    if inner is not None:
-        if value is None:
-            return
-        tp = inner
-    ok = False
-    if typing.get_origin(tp) is tuple:
-        elem = typing.get_args(tp)[0]
-        ok = isinstance(value, tuple) and all(
-            isinstance(v, elem) and not isinstance(v, bool) for v in value)
-    elif tp is float:
-        ok = isinstance(value, float)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, tp)
-    if not ok:
-        raise ValueError(f"{key} must be of type {_type_name(tp)}. Received: {key}={value!r}")
-
-
-def _coerce(key, value, tp):
-    """Convert `value` (a string from the command line, or a JSON value) to `tp`."""
-    inner = _optional_inner(tp)
-    if inner is not None:
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
-            return None
-        return _coerce(key, value, inner)
-    bad = ValueError(f"{key} must be of type {_type_name(tp)}. Received: {key}={value!r}")
-    if typing.get_origin(tp) is tuple:
-        elem = typing.get_args(tp)[0]
-        if isinstance(value, str):
-            parts = [p for p in value.replace(" ", "").split(",") if p]
-        elif isinstance(value, (list, tuple)):
-            parts = list(value)
-        else:
-            raise bad
-        try:
-            return tuple(_coerce(key, p, elem) for p in parts)
-        except ValueError:
-            raise bad from None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
-            return value.strip().lower() in _TRUE_WORDS
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:  # "6e3" or "6000.0"
-                    as_float = float(value)
-                except ValueError:
-                    raise bad from None
-                if as_float.is_integer():
-                    return int(as_float)
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    raise bad
-
-
 def _check_keys(keys):
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     for key in keys:
@@ -448,7 +339,7 @@ def apply_overrides(cfg, overrides):
             items.append((key.strip(), value))
     _check_keys([k for k, _ in items])
     hints = _field_types()
-    changes = {k: _coerce(k, v, hints[k]) for k, v in items}
+    changes = {k: coerce(k, v, hints[k]) for k, v in items}
     return dataclasses.replace(cfg, **changes)
 
 
