@@ -21,6 +21,8 @@ with the same arguments give identical batches. Each new epoch (repeat or a new
 iterator) reshuffles and redraws, still deterministically.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -219,7 +221,8 @@ def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_cl
       data_dir: the VOCdevkit directory (or its VOC2012/, or the dir holding
         VOCdevkit/), e.g. `builtin.ensure_builtin()`; or a folder in a layout
         of `deeplab_keras.data.custom` (images/ + masks/, a labelling tool's
-        VOC-like or Roboflow export, CamVid), detected automatically.
+        VOC-like or Roboflow export, CamVid), detected automatically; or such a
+        folder already opened (`custom.open_dataset`).
       split: "train", "val", "trainval" or "train_aug" (needs `sbd_dir`); for
         your own data, the splits it has ("train", "val", "test").
       training: True: shuffle + augmentation + crops; False: whole images.
@@ -276,44 +279,85 @@ def make_dataset(data_dir, split, *, training, batch_size, crop_size=321, num_cl
     """
     from deeplab_keras.data import custom
 
-    if data_dir is not None and custom.source_kind(data_dir) != "voc":
-        dataset = custom.open_dataset(
-            data_dir, ignore_value=ignore_value, unknown_color=unknown_color,
-            ignore_classes=custom.DEFAULT_IGNORE_CLASSES if ignore_classes is None
-            else ignore_classes)
-        return make_custom_dataset(
-            dataset, split, training=training, batch_size=batch_size, crop_size=crop_size,
-            num_classes=num_classes, seed=seed, cache=cache, eval_pad_to=eval_pad_to,
-            scale_range=scale_range, flip=flip, shuffle=shuffle,
-            shuffle_buffer=shuffle_buffer, repeat=repeat, drop_remainder=drop_remainder,
-            on_error=on_error, validate=validate, max_image_pixels=max_image_pixels,
-            return_names=return_names)
-    if num_classes is None:
-        num_classes = len(VOC_CLASSES)
-    if ignore_value != IGNORE_LABEL:
-        raise ValueError(f"VOCdevkit labels use {IGNORE_LABEL} as the ignore label; "
-                         f"ignore_value is for your own data's masks. Received: "
-                         f"ignore_value={ignore_value!r}")
+    if isinstance(data_dir, custom.Dataset) or (
+            data_dir is not None and custom.source_kind(data_dir) != "voc"):
+        if not isinstance(data_dir, custom.Dataset):
+            data_dir = custom.open_dataset(
+                data_dir, ignore_value=ignore_value, unknown_color=unknown_color,
+                ignore_classes=custom.DEFAULT_IGNORE_CLASSES if ignore_classes is None
+                else ignore_classes)
+        source = _custom_source
+        num_classes = data_dir.num_classes if num_classes is None else num_classes
+    else:
+        if ignore_value != IGNORE_LABEL:
+            raise ValueError(f"VOCdevkit labels use {IGNORE_LABEL} as the ignore label; "
+                             f"ignore_value is for your own data's masks. Received: "
+                             f"ignore_value={ignore_value!r}")
+        source = functools.partial(_voc_source, sbd_dir=sbd_dir)
+        num_classes = len(VOC_CLASSES) if num_classes is None else num_classes
     _check_args(training, batch_size, crop_size, num_classes, seed, eval_pad_to,
                 scale_range, on_error, validate)
-    examples = voc.list_examples(data_dir, split, sbd_dir=sbd_dir)
-    if not examples:
-        raise ValueError(f"Split {split!r} of {data_dir} lists no images.")
-    examples, kinds, _ = scan_examples(examples, num_classes, validate=validate,
-                                       on_error=on_error,
-                                       max_image_pixels=max_image_pixels)
-    if not examples:
-        raise ValueError(f"Every example of split {split!r} in {data_dir} was skipped "
-                         f"as bad (on_error='skip').")
-    def decode_label(ex, kinds_present):
-        return dec.decode_label_tf(ex["label_path"], ex["kind"], kinds_present)
-
+    examples, kinds, decode_label = source(data_dir, split, num_classes, validate=validate,
+                                           on_error=on_error, max_image_pixels=max_image_pixels)
     return _file_dataset(examples, kinds, decode_label, num_classes, training=training,
                          batch_size=batch_size, crop_size=crop_size, seed=seed, cache=cache,
                          shuffle=shuffle, shuffle_buffer=shuffle_buffer, repeat=repeat,
                          drop_remainder=drop_remainder, eval_pad_to=eval_pad_to,
                          scale_range=scale_range, flip=flip, on_error=on_error,
                          return_names=return_names)
+
+
+def _voc_source(data_dir, split, num_classes, *, sbd_dir, validate, on_error,
+                max_image_pixels):
+    """(checked examples, their LabelKinds, label decoder) of a VOCdevkit split."""
+    examples = voc.list_examples(data_dir, split, sbd_dir=sbd_dir)
+    if not examples:
+        raise ValueError(f"Split {split!r} of {data_dir} lists no images.")
+    examples, kinds, _ = scan_examples(examples, num_classes, validate=validate,
+                                       on_error=on_error, max_image_pixels=max_image_pixels)
+    if not examples:
+        raise ValueError(f"Every example of split {split!r} in {data_dir} was skipped "
+                         f"as bad (on_error='skip').")
+
+    def decode_label(ex, kinds_present):
+        return dec.decode_label_tf(ex["label_path"], ex["kind"], kinds_present)
+
+    return examples, kinds, decode_label
+
+
+def _custom_source(dataset, split, num_classes, *, validate, on_error, max_image_pixels):
+    """(checked examples, their MaskKinds, label decoder) of your own data.
+
+    The masks are mapped to class ids through the dataset's `ClassTable` inside
+    the tf.data map (`custom.decode_label_tf`).
+    """
+    from deeplab_keras.data import custom
+
+    if num_classes != dataset.num_classes:
+        raise ValueError(
+            f"num_classes={num_classes} does not match the dataset at {dataset.root}: its "
+            f"class table ({dataset.table.source or 'the mask values'}) has "
+            f"{dataset.num_classes} classes ({', '.join(dataset.class_names)}). "
+            f"Received: num_classes={num_classes}")
+    examples = dataset.examples(split)
+    if not examples:
+        raise ValueError(f"Split {split!r} of {dataset.root} has no images.")
+
+    def check(ex):
+        kind = dataset.inspect(ex, max_image_pixels)
+        if validate == "full":
+            decode_both(ex, dataset.read_label, "mask")
+        return kind
+
+    kept, kinds, _ = scan(examples, check, on_error)
+    if not kept:
+        raise ValueError(f"Every example of split {split!r} in {dataset.root} was skipped "
+                         f"as bad (on_error='skip').")
+
+    def decode_label(ex, kinds_present):
+        return custom.decode_label_tf(dataset, ex["label_path"], ex["kind"], kinds_present), None
+
+    return kept, kinds, decode_label
 
 
 def _file_dataset(examples, kinds, decode_label, num_classes, *, training, shuffle, seed, cache,
@@ -345,54 +389,22 @@ def _file_dataset(examples, kinds, decode_label, num_classes, *, training, shuff
                    **finish)
 
 
-def make_custom_dataset(dataset, split, *, training, batch_size, crop_size=321,
-                        num_classes=None, seed=None, cache=False, eval_pad_to=None,
-                        scale_range=(0.5, 1.5), flip=True, shuffle=None,
-                        shuffle_buffer=20000, repeat=False, drop_remainder=None,
-                        on_error="raise", validate="header",
-                        max_image_pixels=dec.DEFAULT_MAX_IMAGE_PIXELS, return_names=False):
-    """`make_dataset` over a `deeplab_keras.data.custom.Dataset` (same pipeline).
+def make_custom_dataset(dataset, split, **options):
+    """`make_dataset` over an opened `deeplab_keras.data.custom.Dataset` (same pipeline).
 
-    The masks are mapped to class ids through the dataset's `ClassTable` inside
-    the tf.data map (`custom.decode_label_tf`); everything after decoding
+    Only the mask decoding differs from VOC's: through the dataset's
+    `ClassTable`, inside the tf.data map. Everything after decoding
     (augmentation with nearest-neighbour label scaling, padding with 255,
-    batching) is the code VOC goes through. Arguments: as `make_dataset`;
-    `num_classes` None means the dataset's own.
+    batching) is the code VOC goes through. `options`: those of `make_dataset`
+    (`num_classes` None means the dataset's own; the mask options are the
+    dataset's).
     """
-    from deeplab_keras.data import custom
-
-    if num_classes is None:
-        num_classes = dataset.num_classes
-    _check_args(training, batch_size, crop_size, num_classes, seed, eval_pad_to,
-                scale_range, on_error, validate)
-    if num_classes != dataset.num_classes:
-        raise ValueError(
-            f"num_classes={num_classes} does not match the dataset at {dataset.root}: its "
-            f"class table ({dataset.table.source or 'the mask values'}) has "
-            f"{dataset.num_classes} classes ({', '.join(dataset.class_names)}). "
-            f"Received: num_classes={num_classes}")
-    examples = dataset.examples(split)
-    if not examples:
-        raise ValueError(f"Split {split!r} of {dataset.root} has no images.")
-    def check(ex):
-        kind = dataset.inspect(ex, max_image_pixels)
-        if validate == "full":
-            decode_both(ex, dataset.read_label, "mask")
-        return kind
-
-    kept, kinds, skipped = scan(examples, check, on_error)
-    if not kept:
-        raise ValueError(f"Every example of split {split!r} in {dataset.root} was skipped "
-                         f"as bad (on_error='skip').")
-    def decode_label(ex, kinds_present):
-        return custom.decode_label_tf(dataset, ex["label_path"], ex["kind"], kinds_present), None
-
-    return _file_dataset(kept, kinds, decode_label, num_classes, training=training,
-                         batch_size=batch_size, crop_size=crop_size, seed=seed, cache=cache,
-                         shuffle=shuffle, shuffle_buffer=shuffle_buffer, repeat=repeat,
-                         drop_remainder=drop_remainder, eval_pad_to=eval_pad_to,
-                         scale_range=scale_range, flip=flip, on_error=on_error,
-                         return_names=return_names)
+    for name in ("sbd_dir", "ignore_value", "unknown_color", "ignore_classes"):
+        if name in options:
+            raise ValueError(f"{name} is not an option of an opened dataset (its mask options "
+                             f"are set by custom.open_dataset). Received: {name}="
+                             f"{options[name]!r}")
+    return make_dataset(dataset, split, **options)
 
 
 def make_tfds_dataset(split, *, training, batch_size, config="segmentation", data_dir=None,
