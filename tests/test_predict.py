@@ -256,3 +256,28 @@ def test_module_runs_as_a_script():
     result = subprocess.run([sys.executable, "-m", "deeplab_keras.predict", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--crf" in result.stdout and "SavedModel" in result.stdout
+
+
+def test_legend_of_voc_class_names_for_a_21_class_model(tmp_path):
+    """A released-style (21-class, no classes.json) model: legend.png lists the VOC
+    names in VOC colours, one row per class; a model of an unknown class count
+    (5 here) gets none, since its class names are unknown."""
+    from deeplab_keras.labels import VOC_CLASSES
+    from deeplab_keras.viz import legend_image
+
+    path = save_tiny_model(tmp_path, 21, seed=1)
+    Image.fromarray(_structured_image(40, 52, seed=3)).save(tmp_path / "x.jpg")
+    summary = predict_paths(tmp_path / "x.jpg", path, tmp_path / "out", verbose=False)
+    assert summary.ok
+    legend = np.asarray(Image.open(tmp_path / "out" / "legend.png").convert("RGB"))
+    np.testing.assert_array_equal(legend, legend_image(VOC_CLASSES))
+    assert legend.shape[0] == 21 * (20 + 4) + 4
+    # Row 15 (person) carries the VOC colour of class 15.
+    assert tuple(legend[4 + 15 * 24 + 10, 10]) == tuple(VOC_PALETTE[15])
+    labels = np.asarray(Image.open(summary.written[0][1]))
+    assert labels.shape == (40, 52) and labels.max() < 21
+
+    (tmp_path / "five").mkdir()
+    five = save_tiny_model(tmp_path / "five", NUM_CLASSES, seed=1)
+    predict_paths(tmp_path / "x.jpg", five, tmp_path / "out5", verbose=False)
+    assert not (tmp_path / "out5" / "legend.png").exists()

@@ -175,7 +175,7 @@ class TestImages:
                 raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating")
             return real(predictor, image, crf=crf)
 
-        monkeypatch.setattr(predict, "predict_image", oom_on_big)
+        monkeypatch.setattr(predict.predictor, "predict_image", oom_on_big)
         summary = predict_paths(tmp_path, model_path, tmp_path / "out", verbose=False)
         (path, reason), = summary.failed
         assert path.name == "big.png" and "out of memory at 64x64" in reason
