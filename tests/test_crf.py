@@ -209,8 +209,10 @@ class TestPydensecrfParity:
         bound = rounding_bound(logits, V2["iterations"])
         np.testing.assert_allclose(sparse, portable, atol=bound)
         np.testing.assert_allclose(tflite, portable, atol=bound)
-        np.testing.assert_array_equal(auto, portable)
-        np.testing.assert_array_equal(auto_tflite, tflite)
+        # The first eager call of a kind runs op by op, the next ones compiled
+        # (rounding only); test_crf_eager checks which ops portable_ops runs.
+        np.testing.assert_allclose(auto, portable, atol=bound)
+        np.testing.assert_allclose(auto_tflite, tflite, atol=bound)
 
     def test_lattice_structures_agree(self, scene):
         # The portable form numbers the lattice points with tf.unique and

@@ -1,0 +1,124 @@
+"""Eager CRF calls run a compiled graph: same numbers and gradients as the
+same call in tf.function, no retracing for other image sizes, sparse form."""
+
+import glob
+import importlib
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_keras.crf import DenseCRF, dense_crf, portable_ops
+from deeplab_keras.crf.testing import coarse_logits, make_scene, rounding_bound
+
+
+crf_module = importlib.import_module("deeplab_keras.crf.dense_crf")
+
+
+@pytest.fixture(autouse=True)
+def compile_at_once(monkeypatch):
+    """Compile from the first eager call (by default the first runs op by op)."""
+    monkeypatch.setattr(crf_module, "_EAGER_CALLS", 0)
+
+
+def _case(h, w, c, seed=0):
+    image, labels = make_scene(h, w, c, seed=seed, num_shapes=4)
+    return tf.constant(image[None]), tf.constant(coarse_logits(labels, c, seed=seed)[None])
+
+
+def _ops_run(fn, *args):
+    """Names of the TF op types that ran while `fn(*args)` executed (profiler)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    fn(*args)  # compile outside the profile
+    logdir = tempfile.mkdtemp()
+    tf.profiler.experimental.start(logdir)
+    try:
+        fn(*args)
+    finally:
+        tf.profiler.experimental.stop()
+    ops = set()
+    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            ops.update(m.name.rsplit(":", 1)[-1] for m in plane.event_metadata.values() if ":" in m.name)
+    shutil.rmtree(logdir, ignore_errors=True)
+    return ops
+
+
+def test_eager_equals_tf_function_and_op_by_op(monkeypatch):
+    images, logits = _case(30, 40, 4)
+    layer = DenseCRF(iterations=2)
+    compiled = layer(images, logits).numpy()
+    graph = tf.function(layer)(images, logits).numpy()
+    monkeypatch.setattr(crf_module, "_EAGER_CALLS", 10**9)
+    op_by_op = layer(images, logits).numpy()
+    # The same ops; Grappler may fold a constant chain differently at a
+    # known size, or not at all op by op (rounding only).
+    np.testing.assert_allclose(compiled, graph, atol=rounding_bound(logits, 2))
+    np.testing.assert_allclose(compiled, op_by_op, atol=rounding_bound(logits, 2))
+
+
+def test_first_call_runs_op_by_op_then_compiles(monkeypatch):
+    monkeypatch.setattr(crf_module, "_EAGER_CALLS", 1)
+    images, logits = _case(16, 20, 3)
+    before = crf_module.TRACE_COUNT[0]
+    dense_crf(images, logits, iterations=1, spatial_sigma=1.5)
+    assert crf_module.TRACE_COUNT[0] == before
+    dense_crf(images, logits, iterations=1, spatial_sigma=1.5)
+    assert crf_module.TRACE_COUNT[0] == before + 1
+
+
+def test_other_sizes_do_not_retrace():
+    layer = DenseCRF(iterations=1, bilateral_color_sigma=4.5)  # parameters no other test compiles
+    before = crf_module.TRACE_COUNT[0]
+    first = layer(*_case(20, 30, 3))
+    traced = crf_module.TRACE_COUNT[0] - before
+    second = layer(*_case(17, 45, 3, seed=1))
+    assert traced == 1 and crf_module.TRACE_COUNT[0] - before == 1, "a second size retraced"
+    assert first.shape == (1, 20, 30, 3) and second.shape == (1, 17, 45, 3)
+
+
+def test_gradient_eager_equals_graph():
+    images, _ = _case(12, 16, 3, seed=2)
+    rs = np.random.RandomState(3)
+    logits = tf.constant(rs.normal(0.0, 0.5, (1, 12, 16, 3)).astype(np.float32))  # soft: a gradient to compare
+    weights = tf.constant(rs.normal(size=(1, 12, 16, 3)).astype(np.float32))
+
+    def grad():
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            q = dense_crf(images, logits, iterations=2, bilateral_spatial_sigma=5.0)
+            loss = tf.reduce_sum(q * weights)
+        return tape.gradient(loss, logits)
+
+    eager = grad().numpy()
+    graph = tf.function(grad)().numpy()
+    scale = np.abs(eager).max()
+    assert scale > 0.1 and np.all(np.isfinite(eager))
+    # The backward pass is the forward ops transposed: the same rounding
+    # argument as the forward, at the gradient's scale.
+    np.testing.assert_allclose(eager, graph, atol=rounding_bound(logits, 2) * scale)
+
+
+def test_eager_call_runs_the_sparse_form():
+    images, logits = _case(24, 32, 3, seed=4)
+    assert "SparseTensorDenseMatMul" in _ops_run(lambda: DenseCRF(iterations=1)(images, logits))
+    with portable_ops():
+        ops = _ops_run(lambda: dense_crf(images, logits, iterations=1))
+    assert "SparseTensorDenseMatMul" not in ops and ops & {"ScatterNd", "TensorScatterAdd"}, sorted(ops)
+
+
+def test_eager_errors_stay_value_errors():
+    images, logits = _case(8, 10, 3)
+    with pytest.raises(ValueError, match="too small.*bilateral_spatial_sigma=0.001"):
+        dense_crf(images, logits, bilateral_spatial_sigma=0.001, bilateral_color_sigma=0.001)
+    bad = logits.numpy()
+    bad[0, 1, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="contain 1 NaN or Inf"):
+        DenseCRF()(images, bad)
