@@ -9,6 +9,16 @@ absolute probability difference and the peak resident memory each adds.
 
     python benchmarks/crf_vs_pydensecrf.py [--repeats 7] [--implementation auto]
         [--tflite] [--onnx] [--threads 2] [--device cpu|gpu]
+    python benchmarks/crf_vs_pydensecrf.py --photos [coffee chelsea ...]
+        [--sizes 375x500x21,480x640x41] [--repeats 3] [--tflite] [--onnx]
+
+`--photos` runs on real photographs (scikit-image's bundled ones, see
+benchmarks/_photos.py for the crop, the resize and the coarse logits from a
+k-means labelling) instead of the generated scene: per photograph and size,
+alternating in this process, ours called eagerly (`DenseCRF()(images,
+logits)`, the README's call), ours in `tf.function`, and pydensecrf, with
+wall and CPU time (user + sys of all threads), label agreement and the
+lattice point count M beside the generated scene's at the same size.
 
 Wall time is what the goal is stated in; the CPU time (process time, all
 threads) is printed too because on a shared machine wall time mostly measures
@@ -86,9 +96,15 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="print the top 5 op types by time for TF (TF profiler) and, with "
                              "--onnx, ONNX Runtime (its profiler)")
+    parser.add_argument("--photos", nargs="*", default=None, metavar="NAME",
+                        help="real photographs from skimage.data (default: coffee chelsea astronaut)")
+    parser.add_argument("--sizes", default="375x500x21,480x640x41",
+                        help="--photos: HxWxC sizes, comma-separated")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1. Received: {args.repeats}")
+    if args.photos is not None:
+        return _photos_main(parser, args)
 
     image, labels = make_scene(args.height, args.width, args.classes, seed=args.seed, num_shapes=24)
     logits = coarse_logits(labels, args.classes, seed=args.seed + 1)
@@ -163,6 +179,100 @@ def main(argv=None):
         _time_tflite(args, image, logits, q_ours, run_ref, target="tflite")
     if args.onnx:
         _time_onnx(args, image, logits, q_ours, run_ref)
+
+
+def _parse_sizes(parser, text):
+    sizes = []
+    for item in text.split(","):
+        try:
+            h, w, c = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            parser.error(f"--sizes: each size is HxWxC, e.g. 375x500x21. Received: {item!r}")
+        if min(h, w) < 1 or c < 2:
+            parser.error(f"--sizes: H, W >= 1 and C >= 2. Received: {item!r}")
+        sizes.append((h, w, c))
+    return sizes
+
+
+def _lattice_points(image):
+    """M, the lattice points of the bilateral kernel (DeepLab v2 sigmas) on an image."""
+    from deeplab_keras.crf import build_lattice
+    from deeplab_keras.crf.dense_crf import _bilateral_features
+
+    features = _bilateral_features(tf.constant(image[None], tf.float32), SETTINGS["bilateral_spatial_sigma"],
+                                   SETTINGS["bilateral_color_sigma"])
+    return int(build_lattice(features, implementation="sparse").num_points)
+
+
+def _timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def _photos_main(parser, args):
+    """Real photographs: ours eager, ours in tf.function, pydensecrf, alternating."""
+    import resource
+
+    from _photos import PHOTOS, photo_case
+    from deeplab_keras.crf import DenseCRF
+
+    names = args.photos or list(PHOTOS[:3])
+    sizes = _parse_sizes(parser, args.sizes)
+    print(f"CPU: {cpu_description()}, {os.cpu_count()} logical cores; tf {tf.__version__}; "
+          f"{SETTINGS['iterations']} iterations, DeepLab v2 settings, implementation={args.implementation}; "
+          f"{args.repeats} alternating repeats after warm-up; load avg {os.getloadavg()[0]:.1f}")
+    med = statistics.median
+    for height, width, classes in sizes:
+        scene, _ = make_scene(height, width, classes, seed=args.seed, num_shapes=24)
+        print(f"\n{height}x{width}x{classes}: generated scene M = {_lattice_points(scene)} lattice points")
+        layer = DenseCRF(implementation=args.implementation, **SETTINGS)
+        graph = tf.function(lambda images, logits: layer(images, logits), input_signature=[
+            tf.TensorSpec([1, height, width, 3], tf.uint8), tf.TensorSpec([1, height, width, classes], tf.float32)])
+        first = None
+        for name in names:
+            image, logits = photo_case(name, height, width, classes, seed=args.seed)
+            images_t, logits_t = tf.constant(image[None]), tf.constant(logits[None])
+            run = {"eager": lambda: layer(images_t, logits_t).numpy()[0],
+                   "graph": lambda: graph(images_t, logits_t).numpy()[0],
+                   "pydensecrf": lambda: pydensecrf_inference(image, logits, **SETTINGS)}
+            with PeakRSS() as mem:
+                q = {"graph": run["graph"]()}
+            q["eager"] = run["eager"]()
+            run["eager"]()  # the first eager call of a kind runs op by op; the second compiles
+            q["pydensecrf"] = run["pydensecrf"]()
+            wall = {k: [] for k in run}
+            cpu = {k: [] for k in run}
+            for _ in range(args.repeats):
+                for kind, fn in run.items():
+                    _, w, c = _timed(fn)
+                    wall[kind].append(w)
+                    cpu[kind].append(c)
+            w, c = {k: med(v) for k, v in wall.items()}, {k: med(v) for k, v in cpu.items()}
+            agree = float(np.mean(q["graph"].argmax(-1) == q["pydensecrf"].argmax(-1)))
+            print(f"  {name}: M = {_lattice_points(image)}; wall eager {w['eager']:.3f} s, graph {w['graph']:.3f} s, "
+                  f"pydensecrf {w['pydensecrf']:.3f} s (runs: "
+                  + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in wall.items()) + ")")
+            print(f"    ratios: eager/graph {w['eager'] / w['graph']:.2f}, graph/pydensecrf "
+                  f"{w['graph'] / w['pydensecrf']:.2f}, eager/pydensecrf {w['eager'] / w['pydensecrf']:.2f}; "
+                  f"CPU time (user+sys) graph {c['graph']:.3f} s, eager {c['eager']:.3f} s, pydensecrf "
+                  f"{c['pydensecrf']:.3f} s, ratio graph/pydensecrf {c['graph'] / c['pydensecrf']:.2f}")
+            print(f"    label agreement with pydensecrf {agree * 100:.3f} %, mean |dQ| "
+                  f"{np.abs(q['graph'] - q['pydensecrf']).mean():.2e}; eager vs graph max |dQ| "
+                  f"{np.abs(q['eager'] - q['graph']).max():.1e}; peak RSS added by the first graph run "
+                  f"{mem.added / 2**20:.0f} MiB")
+            if first is None:
+                first = (image, logits, q["graph"], run["pydensecrf"])
+        if (args.tflite or args.onnx) and (height, width, classes) == sizes[0]:  # the first size only
+            image, logits, q_graph, run_ref = first
+            args.height, args.width, args.classes = height, width, classes
+            print(f"  CRF alone converted, on {names[0]}:")
+            if args.tflite:
+                _time_tflite(args, image, logits, q_graph, run_ref, target=None)
+                _time_tflite(args, image, logits, q_graph, run_ref, target="tflite")
+            if args.onnx:
+                _time_onnx(args, image, logits, q_graph, run_ref)
+    print(f"\nprocess peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
 
 
 def _side_by_side(args, invoke, run_ref):
