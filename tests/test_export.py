@@ -29,7 +29,8 @@ import tensorflow as tf
 from PIL import Image
 
 from deeplab_keras.data import builtin, make_dataset
-from deeplab_keras.export import checks, cli, serving
+from deeplab_keras.app import export_cli as cli
+from deeplab_keras.export import checks, serving
 from deeplab_keras.export.checks import THRESHOLDS
 from deeplab_keras.export.onnx import export_onnx, onnx_op_types
 from deeplab_keras.export.saved_model import export_saved_model
