@@ -17,8 +17,9 @@ saved model loads the Keras way:
   <class 'deeplab_keras.models.atrous.AtrousConv2D'>
 
 Only the modules that define those classes are imported (and with them
-TensorFlow and Keras); data, export, the converters and the rest are imported
-lazily, on first attribute access.
+TensorFlow and Keras), plus the released-file reader that `build_model`'s
+`backbone_weights=` uses; export, evaluation, predict and the command lines are
+imported lazily, on first attribute access.
 """
 
 import importlib as _importlib
@@ -40,6 +41,10 @@ REGISTRATION_MODULES = (
 for _module in REGISTRATION_MODULES:
     _importlib.import_module(_module)
 del _module
+# The released-file reader registers itself with `models.weights` on import, so that
+# `build_model(..., backbone_weights="init.caffemodel")` works (docs/ARCHITECTURE.md:
+# models may not import convert, the layer above). Pure Python, ~50 ms.
+_importlib.import_module("deeplab_keras.convert")
 
 _LAZY = {
     "build_model": "deeplab_keras.models",

@@ -204,11 +204,11 @@ def test_compiled_model_restores_optimizer_schedule_and_loss(loaded):
 
 
 def test_loading_needed_no_heavy_submodule(loaded):
-    """`import deeplab_keras` + load_model imports neither export nor the converters
-    nor evaluation / predict (the registration modules are enough)."""
+    """`import deeplab_keras` + load_model imports neither export nor evaluation,
+    predict or the command lines (the registration modules are enough)."""
     _, _, report = loaded
-    for heavy in ("deeplab_keras.export", "deeplab_keras.convert", "deeplab_keras.evaluation",
-                  "deeplab_keras.predict"):
+    for heavy in ("deeplab_keras.export", "deeplab_keras.evaluation", "deeplab_keras.predict",
+                  "deeplab_keras.app"):
         assert not [m for m in report["modules"] if m == heavy or m.startswith(heavy + ".")]
 
 
