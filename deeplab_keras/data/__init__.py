@@ -6,10 +6,12 @@
   prescan        the file checks before a pipeline is built (`scan_examples`).
   pipeline       `make_dataset` / `make_tfds_dataset`: augmentation, batching.
   tfds_builder   the TFDS builder `voc2012_segmentation`.
-  custom         your own data: layout detection, class tables, class frequencies.
+  custom         your own data (a package): one module per layout, class tables,
+                 mask decoding, splits, class frequencies and weights.
 
 TensorFlow is imported only when the pipeline is used, so `builtin` and `voc`
-stay cheap to import.
+stay cheap to import. This layer imports only the ground layer below it
+(`palette`, `preprocessing`, `utils`), never training, evaluation or export.
 """
 
 from deeplab_keras._lazy import lazy_getattr
