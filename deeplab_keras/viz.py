@@ -107,7 +107,9 @@ def atomic_path(path):
     partial file under that name. New files get the usual umask permissions.
 
     Example:
-      >>> with atomic_path("out/fig.png") as tmp:
+      >>> from matplotlib.figure import Figure
+      >>> fig = Figure()
+      >>> with atomic_path("fig.png") as tmp:
       ...     fig.savefig(tmp, format="png")
     """
     path = Path(path)

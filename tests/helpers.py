@@ -35,13 +35,15 @@ def write_released_caffemodel(path, *, net="largefov", seed=0, v1=None):
     """A generated caffemodel in a released layout (the official layer names, blob
     layouts, pads and dilations; widths reduced to `tests.test_convert_reference.WIDTH`),
     written to `path`: the stand-in for a downloaded release. `net`: "largefov"
-    (DeepLab v1 LargeFOV, V1 `layers` format, head fc8_voc12) or "aspp_l" (v2 VGG16
-    ASPP-L, new `layer` format). Returns (path, width_multiplier). Needs torch (the
-    reference module imports it)."""
+    (DeepLab v1 LargeFOV, V1 `layers` format, head fc8_voc12), "aspp_l" (v2 VGG16
+    ASPP-L, new `layer` format) or "resnet" (v2 ResNet-101 ASPP, new format, single-scale
+    layers). Returns (path, width_multiplier). Needs torch (the reference module imports it)."""
     from deeplab_keras.convert.caffemodel import write_caffemodel
-    from tests.test_convert_reference import WIDTH, random_blobs, vgg_aspp_l_net, vgg_largefov_net
+    from tests.test_convert_reference import (WIDTH, random_blobs, resnet101_net, vgg_aspp_l_net,
+                                              vgg_largefov_net)
 
-    layers = {"largefov": vgg_largefov_net, "aspp_l": vgg_aspp_l_net}[net]()
+    layers = {"largefov": vgg_largefov_net, "aspp_l": vgg_aspp_l_net,
+              "resnet": resnet101_net}[net]()
     blobs = random_blobs(layers, seed=seed)
     write_caffemodel(path, [(l["name"], l["type"], blobs[l["name"]]) for l in layers
                             if l["name"] in blobs],

@@ -14,6 +14,7 @@
   script `deeplab-convert`).
 
 Example:
+  >>> from deeplab_keras.convert.convert import convert, save_atomic
   >>> conv = convert("train_iter_20000.caffemodel")
   >>> print(conv.summary())
   >>> save_atomic(conv.model, "deeplabv2_resnet101_voc.keras")

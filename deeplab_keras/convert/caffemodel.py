@@ -176,8 +176,8 @@ def read_caffemodel(path):
 
     Example:
       >>> name, layers = read_caffemodel("train_iter_20000.caffemodel")
-      >>> layers[0].name, layers[0].blobs[0].shape
-      ('conv1', (64, 3, 7, 7))
+      >>> layers[0].name, layers[0].blobs[0].shape   # ResNet-101: 64 filters at full width
+      ('conv1', (..., 3, 7, 7))
     """
     path = str(path)
     with open(path, "rb") as f:

@@ -494,6 +494,7 @@ class DenseCRF(keras.layers.Layer):
     tf2onnx handler).
 
     Example:
+        >>> from deeplab_keras.models import resize_logits
         >>> crf = DenseCRF(iterations=10)
         >>> probs = crf(images_uint8, resize_logits(logits, (h, w)))
         >>> labels = keras.ops.argmax(probs, axis=-1)

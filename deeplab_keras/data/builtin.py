@@ -16,7 +16,7 @@ magenta cross). Label values are the VOC palette indices 0..NUM_CLASSES-1 and
 255 on a 2-pixel band around every object outline, as VOC marks its boundaries.
 
 Example:
-    >>> from deeplab_keras.data import builtin
+    >>> from deeplab_keras.data import builtin, make_dataset
     >>> voc_dir = builtin.ensure_builtin()        # generated once, a few seconds
     >>> ds = make_dataset(voc_dir, "train", training=True, batch_size=8,
     ...                   crop_size=161, num_classes=builtin.NUM_CLASSES)

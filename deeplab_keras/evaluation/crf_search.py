@@ -14,7 +14,7 @@ setting so far with half the previous spacing, clipped to the ranges.
 Example:
     >>> result = search_crf(model, voc_dir, "val", num_classes=21, limit=100)
     >>> result.best
-    {'bilateral_weight': 4.5, 'bilateral_spatial_sigma': 65.0, 'bilateral_color_sigma': 4.5, 'miou': ...}
+    {'bilateral_weight': ..., 'bilateral_spatial_sigma': ..., 'bilateral_color_sigma': ..., 'miou': ...}
 """
 
 import dataclasses

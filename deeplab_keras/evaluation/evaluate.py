@@ -16,6 +16,8 @@ file that cannot be read (or whose label does not fit) is reported and skipped
 while the rest is evaluated; `EvalResult.failed` lists them.
 
 Example:
+    >>> import deeplab_keras, keras
+    >>> from deeplab_keras.data import builtin
     >>> model = keras.models.load_model("runs/builtin/model.keras")
     >>> result = evaluate_split(model, builtin.ensure_builtin(), "val", num_classes=6)
     >>> print(format_table(result))

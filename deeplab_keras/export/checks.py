@@ -9,8 +9,8 @@ point of float). `deeplab-export --check` and the tests use these helpers.
 Example:
   >>> images, labels = eval_images(size=(129, 129), num_images=20)
   >>> ref = reference_outputs(model, images)
-  >>> compare_outputs(ref, run_tflite("model.tflite", images))
-  {'logits_max_abs_diff': 2.3e-06, 'label_agreement': 1.0}
+  >>> compare_outputs(ref, run_format("model.tflite", images))   # a 129x129 float32 export
+  {'label_agreement': ..., 'logits_max_abs_diff': ...}
 """
 
 from __future__ import annotations

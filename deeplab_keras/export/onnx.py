@@ -116,7 +116,7 @@ def export_onnx(model, path, *, size=DEFAULT_SIZE, crf=None, include_probabiliti
       Path of the .onnx file.
 
     Example:
-      >>> export_onnx(model, "savedmodels/vgg16_largefov/onnx/model.onnx", size=513)
+      >>> path = export_onnx(model, "savedmodels/vgg16_largefov/onnx/model.onnx", size=513)
       >>> import onnxruntime as ort
       >>> sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
       >>> labels = sess.run(["labels"], {"images": rgb[None].astype("float32")})[0]

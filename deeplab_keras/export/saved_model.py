@@ -187,6 +187,7 @@ def export_saved_model(model, export_dir, *, crf=None, version=None, overwrite=F
       ValueError: a bad argument.
 
     Example:
+      >>> from deeplab_keras.models import build_model
       >>> model = build_model("vgg16_largefov", num_classes=21)
       >>> path = export_saved_model(model, "savedmodels/vgg16_largefov")
       >>> served = tf.saved_model.load(str(path))

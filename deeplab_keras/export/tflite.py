@@ -331,10 +331,10 @@ def export_tflite(model, path, *, size=DEFAULT_SIZE, quantization="float32", crf
       Path of the .tflite file.
 
     Example:
-      >>> export_tflite(model, "savedmodels/vgg16_largefov/tflite/model_int8.tflite",
-      ...               size=513, quantization="int8")
+      >>> path = export_tflite(model, "savedmodels/vgg16_largefov/tflite/model_int8.tflite",
+      ...                      size=513, quantization="int8")
       >>> from ai_edge_litert.interpreter import Interpreter
-      >>> runner = Interpreter(model_path=...).get_signature_runner()
+      >>> runner = Interpreter(model_path=str(path)).get_signature_runner()
       >>> runner(images=rgb[None].astype("float32"))["labels"]
     """
     path = Path(path)

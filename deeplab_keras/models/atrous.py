@@ -71,6 +71,7 @@ def atrous_lowering(lowering):
     """Context manager form of `set_atrous_lowering`; restores the previous choice.
 
     Example:
+        >>> spec = tf.TensorSpec([1, 65, 65, 3], tf.float32)
         >>> with atrous_lowering("space_to_batch"):
         ...     fn = tf.function(model).get_concrete_function(spec)
     """

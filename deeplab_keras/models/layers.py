@@ -141,6 +141,7 @@ class ResizeLogits(keras.layers.Layer):
       float32 [B, H, W, C].
 
     Example:
+      >>> from deeplab_keras.models import build_model
       >>> model = build_model("vgg16_largefov", width_multiplier=0.125)
       >>> full = ResizeLogits()([model.output, model.input])
       >>> full_res = keras.Model(model.input, full)

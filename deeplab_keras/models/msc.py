@@ -70,6 +70,7 @@ def wrap_msc(model, scales=DEFAULT_SCALES, training_outputs=False, name=None, ca
       (or the dict above).
 
     Example:
+      >>> from deeplab_keras.models import build_model
       >>> base = build_model("vgg16_largefov", width_multiplier=0.125)
       >>> msc = wrap_msc(base, (1.0, 0.75, 0.5), training_outputs=True)
       >>> sorted(msc(np.zeros((1, 65, 65, 3), "float32")))

@@ -27,6 +27,7 @@ loop body), chained by control dependencies so that one micro-batch's
 activations are freed before the next one runs.
 
 Example:
+    >>> from deeplab_keras.training.losses import SegmentationCrossEntropy
     >>> model.compile(optimizer, loss=SegmentationCrossEntropy())
     >>> install_accumulation(model, model.loss, steps=2)   # batch 10 = 2 x 5
     >>> model.fit(dataset_of_batches_of_10, ...)

@@ -16,6 +16,8 @@ MirroredStrategy `update_step` receives per-replica components and the index
 lookup maps them back to their model variable.
 
 Example:
+    >>> from deeplab_keras.models import build_model
+    >>> from deeplab_keras.training import PolyDecay, SegmentationCrossEntropy
     >>> model = build_model("vgg16_largefov", num_classes=21)
     >>> opt = make_optimizer(model, PolyDecay(1e-3, 20000))
     >>> model.compile(optimizer=opt, loss=SegmentationCrossEntropy())
