@@ -364,3 +364,13 @@ def test_docstring_examples_run(in_workspace, module_name):
         print(f"skipped {line}")
     if not attempted:
         pytest.skip("; ".join(skipped) or f"{module_name}: no examples")
+
+
+def test_readme_and_docs_links_point_to_files():
+    """Every relative link of README.md and docs/*.md names a file of the repository."""
+    broken = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not re.match(r"[a-z]+://", target) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
