@@ -150,8 +150,8 @@ def load_pretrained(name_or_path, num_classes=None, cache_dir=None, width_multip
       FileNotFoundError: a path that does not exist.
 
     Example:
-      >>> model = load_pretrained("deeplabv2_resnet101_voc")         # online
       >>> model = load_pretrained("/data/train_iter_20000.caffemodel")  # offline
+      >>> model = load_pretrained("deeplabv2_resnet101_voc")         # online
     """
     import keras
 

@@ -350,6 +350,8 @@ def label_grid(images, columns, *, class_names=None, palette=None, style="labels
       A `matplotlib.figure.Figure`.
 
     Example:
+      >>> images = [np.zeros((8, 8, 3), np.uint8)]
+      >>> keras_labels, tflite_labels = [np.eye(8, dtype=np.uint8)], [np.eye(8, dtype=np.uint8)]
       >>> fig = label_grid(images, {"Keras": keras_labels, "TFLite": tflite_labels})
     """
     if style not in ("labels", "overlay"):
@@ -439,8 +441,10 @@ def side_by_side(images, predictions=None, crf_predictions=None, ground_truths=N
       it displays as the cell's value).
 
     Example:
+      >>> image, gt = np.zeros((1, 8, 8, 3), np.uint8), np.eye(8, dtype=np.uint8)[None]
+      >>> pred = crf_pred = gt
       >>> fig = side_by_side(image, pred, crf_pred, gt, titles=["2007_000032"])
-      >>> save_figure(fig, "docs/figures/example.png")
+      >>> save_figure(fig, "example.png")
     """
     columns = {}
     for title, maps in (("prediction", predictions), ("with CRF", crf_predictions),

@@ -72,8 +72,6 @@ SKIPS = [
     (r"docker |curl |instances", "needs docker / TF Serving (the request body is "
      "checked against the SavedModel in tests/test_export.py)"),
     (r"--device gpu", "needs a GPU"),
-    (r"dataset_of_batches_of_10|pairs:|keras_labels|crf_pred", "a fragment: names "
-     "variables of the surrounding text"),
 ]
 
 # (regex, replacement) on example text, applied in order (see the module docstring).

@@ -101,10 +101,12 @@ class ConfusionMatrix:
     """Streaming accumulator over a split.
 
     Example:
-        >>> acc = ConfusionMatrix(21)
+        >>> pairs = [(np.array([[0, 1], [1, 255]]), np.array([[0, 1], [0, 0]]))]  # (labels, predictions)
+        >>> acc = ConfusionMatrix(2)
         >>> for labels, predictions in pairs:
         ...     acc.update(labels, predictions)
-        >>> acc.mean_iou()
+        >>> float(acc.mean_iou())
+        0.5
     """
 
     def __init__(self, num_classes, ignore_label=IGNORE_LABEL):

@@ -30,7 +30,8 @@ Example:
     >>> from deeplab_keras.training.losses import SegmentationCrossEntropy
     >>> model.compile(optimizer, loss=SegmentationCrossEntropy())
     >>> install_accumulation(model, model.loss, steps=2)   # batch 10 = 2 x 5
-    >>> model.fit(dataset_of_batches_of_10, ...)
+    >>> images, labels = np.zeros((10, 65, 65, 3), "float32"), np.zeros((10, 65, 65), "int32")
+    >>> history = model.fit(images, labels, batch_size=10, epochs=1, verbose=0)
 """
 
 import keras
