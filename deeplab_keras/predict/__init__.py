@@ -61,9 +61,9 @@ from deeplab_keras.predict.cli import main
 from deeplab_keras.predict.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, IMAGE_EXTENSIONS,
                                           ImageReadError, read_image)
 from deeplab_keras.predict.outputs import PredictSummary, class_legend, find_class_sidecar
+from deeplab_keras.predict.loading import load_predictor
 from deeplab_keras.predict.paths import predict_paths
-from deeplab_keras.predict.predictor import (ModelOutputError, Predictor, load_predictor,
-                                             predict_image)
+from deeplab_keras.predict.predictor import ModelOutputError, Predictor, predict_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",

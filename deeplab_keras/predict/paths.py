@@ -10,7 +10,8 @@ from deeplab_keras.predict.inputs import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, 
                                           _list_inputs, _open_image, _output_names)
 from deeplab_keras.predict.outputs import (PredictSummary, _prepare_output_dir, _save_jpeg,
                                            class_legend)
-from deeplab_keras.predict.predictor import _make_crf, load_predictor
+from deeplab_keras.predict.loading import load_predictor
+from deeplab_keras.predict.predictor import _make_crf
 
 
 def predict_paths(inputs, model_path, output_dir, *, crf=False, num_classes=None,

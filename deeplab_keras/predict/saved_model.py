@@ -1,7 +1,6 @@
 """The SavedModel runner of `deeplab-predict`: `export_saved_model`'s signatures
 (a TF Serving base folder picks its highest version)."""
 
-from pathlib import Path
 
 import numpy as np
 
