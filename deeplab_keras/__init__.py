@@ -41,10 +41,21 @@ REGISTRATION_MODULES = (
 for _module in REGISTRATION_MODULES:
     _importlib.import_module(_module)
 del _module
-# The released-file reader registers itself with `models.weights` on import, so that
-# `build_model(..., backbone_weights="init.caffemodel")` works (docs/ARCHITECTURE.md:
-# models may not import convert, the layer above). Pure Python, ~50 ms.
-_importlib.import_module("deeplab_keras.convert")
+# `build_model(..., backbone_weights="init.caffemodel")` reads released files through
+# the converter (docs/ARCHITECTURE.md: models may not import convert, the layer above).
+# The facade registers a reader that imports the converter on first use, so that
+# `import deeplab_keras` does not load it; importing `deeplab_keras.convert` registers
+# the same reader directly.
+def _released_backbone(model, source):
+    from deeplab_keras.convert import load_released_backbone
+
+    return load_released_backbone(model, source)
+
+
+from deeplab_keras.models.weights import _RELEASED_SUFFIXES  # noqa: E402
+from deeplab_keras.models.weights import register_backbone_reader as _register  # noqa: E402
+
+_register(_RELEASED_SUFFIXES, _released_backbone)
 
 _LAZY = {
     "build_model": "deeplab_keras.models",

@@ -94,18 +94,30 @@ def test_coco_init_caffemodel_as_backbone_weights_keeps_a_fresh_classifier(tmp_p
 def test_import_deeplab_keras_registers_the_released_file_reader():
     """`deeplab_keras.build_model(..., backbone_weights="init.caffemodel")` (the README)
     works in a fresh process that imports nothing else: the models never import the
-    converter, so `import deeplab_keras` must have registered its reader."""
+    converter, so `import deeplab_keras` must have registered a reader, which loads the
+    converter only when a released file is read."""
     import subprocess
     import sys
 
-    code = ("import deeplab_keras\n"
+    code = ("import sys, tempfile, os\n"
+            "import deeplab_keras\n"
             "from deeplab_keras.models import weights\n"
             "readers = [weights._registered_reader(n) for n in ('init.caffemodel', 'x.pth', 'y.PT')]\n"
             "assert weights._registered_reader('z.h5') is None\n"
-            "from deeplab_keras.convert.backbone import load_released_backbone\n"
-            "assert readers == [load_released_backbone] * 3, readers\n")
+            "assert None not in readers and len(set(readers)) == 1, readers\n"
+            "assert not [m for m in sys.modules if m.startswith('deeplab_keras.convert')]\n"
+            "bad = os.path.join(tempfile.mkdtemp(), 'garbage.caffemodel')\n"
+            "open(bad, 'wb').write(b'not a caffemodel')\n"
+            "try:\n"
+            "    readers[0](None, bad)\n"
+            "except ValueError as e:\n"
+            "    assert 'garbage.caffemodel' in str(e), e\n"
+            "else:\n"
+            "    raise AssertionError('a garbage file was read')\n"
+            "assert 'deeplab_keras.convert.caffemodel' in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, ("deeplab_keras/__init__.py must import deeplab_keras.convert, which "
+    assert proc.returncode == 0, ("import deeplab_keras must register a .caffemodel / .pth reader "
+                                  "that loads the converter on first use: "
                                   "registers the .caffemodel / .pth reader: " + proc.stderr[-2000:])
 
 

@@ -16,7 +16,7 @@ in the layer above, `deeplab_keras.app`; `run` is re-exported here lazily, for
 backwards compatibility (the one upward import of this package, allow-listed in
 tests/test_architecture.py).
 
-`config` imports no TensorFlow; the rest is imported on first use.
+Every name is imported on first use (`config` imports no TensorFlow).
 
 Example:
     >>> from deeplab_keras.training import get_preset, apply_overrides, run
@@ -24,10 +24,13 @@ Example:
     >>> result, evaluation, export_path = run(cfg)
 """
 
-from deeplab_keras.training.config import (PRESETS, TrainConfig, apply_overrides,
-                                           available_presets, get_preset, register_preset)
-
+# Everything is imported on first use, config included (it reads the data layer's
+# built-in set and class tables): `import deeplab_keras` imports the loss, schedule
+# and optimizer modules to register them, and should not load the data layer.
 _LAZY = {
+    **{name: "deeplab_keras.training.config" for name in (
+        "PRESETS", "TrainConfig", "apply_overrides", "available_presets", "get_preset",
+        "register_preset")},
     "StepDecay": "deeplab_keras.training.schedules",
     "PolyDecay": "deeplab_keras.training.schedules",
     "make_schedule": "deeplab_keras.training.schedules",
@@ -43,8 +46,7 @@ _LAZY = {
     "TrainResult": "deeplab_keras.training.trainer",
 }
 
-__all__ = ["PRESETS", "TrainConfig", "apply_overrides", "available_presets", "get_preset",
-           "register_preset", *_LAZY]
+__all__ = [*_LAZY]
 
 
 def __getattr__(name):
