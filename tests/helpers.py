@@ -49,3 +49,31 @@ def write_released_caffemodel(path, *, net="largefov", seed=0, v1=None):
                             if l["name"] in blobs],
                      v1=(net == "largefov") if v1 is None else v1)
     return path, WIDTH
+
+
+def ops_run(fn, *args):
+    """Names of the TF op types that ran while `fn(*args)` executed (profiler)."""
+    import glob
+    import os
+    import shutil
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    fn(*args)  # trace / compile and optimise outside the profile
+    logdir = tempfile.mkdtemp()
+    tf.profiler.experimental.start(logdir)
+    try:
+        fn(*args)
+    finally:
+        tf.profiler.experimental.stop()
+    ops = set()
+    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            ops.update(m.name.rsplit(":", 1)[-1] for m in plane.event_metadata.values() if ":" in m.name)
+    shutil.rmtree(logdir, ignore_errors=True)
+    return ops

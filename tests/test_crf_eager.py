@@ -1,11 +1,7 @@
 """Eager CRF calls run a compiled graph: same numbers and gradients as the
 same call in tf.function, no retracing for other image sizes, sparse form."""
 
-import glob
 import importlib
-import os
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -13,6 +9,7 @@ import tensorflow as tf
 
 from deeplab_keras.crf import DenseCRF, dense_crf, portable_ops
 from deeplab_keras.crf.testing import coarse_logits, make_scene, rounding_bound
+from tests.helpers import ops_run
 
 
 crf_module = importlib.import_module("deeplab_keras.crf.dense_crf")
@@ -27,28 +24,6 @@ def compile_at_once(monkeypatch):
 def _case(h, w, c, seed=0):
     image, labels = make_scene(h, w, c, seed=seed, num_shapes=4)
     return tf.constant(image[None]), tf.constant(coarse_logits(labels, c, seed=seed)[None])
-
-
-def _ops_run(fn, *args):
-    """Names of the TF op types that ran while `fn(*args)` executed (profiler)."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    fn(*args)  # compile outside the profile
-    logdir = tempfile.mkdtemp()
-    tf.profiler.experimental.start(logdir)
-    try:
-        fn(*args)
-    finally:
-        tf.profiler.experimental.stop()
-    ops = set()
-    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
-        space = xplane_pb2.XSpace()
-        with open(path, "rb") as f:
-            space.ParseFromString(f.read())
-        for plane in space.planes:
-            ops.update(m.name.rsplit(":", 1)[-1] for m in plane.event_metadata.values() if ":" in m.name)
-    shutil.rmtree(logdir, ignore_errors=True)
-    return ops
 
 
 def test_eager_equals_tf_function_and_op_by_op(monkeypatch):
@@ -108,9 +83,9 @@ def test_gradient_eager_equals_graph():
 
 def test_eager_call_runs_the_sparse_form():
     images, logits = _case(24, 32, 3, seed=4)
-    assert "SparseTensorDenseMatMul" in _ops_run(lambda: DenseCRF(iterations=1)(images, logits))
+    assert "SparseTensorDenseMatMul" in ops_run(lambda: DenseCRF(iterations=1)(images, logits))
     with portable_ops():
-        ops = _ops_run(lambda: dense_crf(images, logits, iterations=1))
+        ops = ops_run(lambda: dense_crf(images, logits, iterations=1))
     assert "SparseTensorDenseMatMul" not in ops and ops & {"ScatterNd", "TensorScatterAdd"}, sorted(ops)
 
 

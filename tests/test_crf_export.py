@@ -7,10 +7,6 @@ Conversions are slow, so each is done once per module at a small fixed size
 (48x64; a fixed size is what TFLite needs anyway, see DESIGN.md section 5).
 """
 
-import glob
-import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -19,6 +15,7 @@ import tensorflow as tf
 
 from deeplab_keras.crf import DenseCRF, dense_crf, portable_ops
 from deeplab_keras.crf.testing import canonical_structure, coarse_logits, make_scene, rounding_bound
+from tests.helpers import ops_run
 from deeplab_keras.models import build_model, resize_logits
 from deeplab_keras.preprocessing import preprocess_images
 
@@ -97,28 +94,6 @@ def crf_alone():
     return serve, _tflite(serve), _onnx(serve)
 
 
-def _ops_run(fn, *args):
-    """Names of the TF op types that ran while `fn(*args)` executed (profiler)."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    fn(*args)  # trace and optimise outside the profile
-    logdir = tempfile.mkdtemp()
-    tf.profiler.experimental.start(logdir)
-    try:
-        fn(*args)
-    finally:
-        tf.profiler.experimental.stop()
-    ops = set()
-    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
-        space = xplane_pb2.XSpace()
-        with open(path, "rb") as f:
-            space.ParseFromString(f.read())
-        for plane in space.planes:
-            ops.update(m.name.rsplit(":", 1)[-1] for m in plane.event_metadata.values() if ":" in m.name)
-    shutil.rmtree(logdir, ignore_errors=True)
-    return ops
-
-
 @pytest.fixture(scope="module")
 def model_then_crf():
     """RGB uint8 image -> VGG16-LargeFOV (1/8 width) -> bilinear logits -> CRF."""
@@ -177,7 +152,7 @@ class TestCrfAlone:
     def test_tensorflow_runs_the_sparse_form_of_the_default_graph(self, crf_alone, sample):
         serve, _, _ = crf_alone
         image, logits = sample
-        ops = _ops_run(serve, tf.constant(image), tf.constant(logits))
+        ops = ops_run(serve, tf.constant(image), tf.constant(logits))
         assert "SparseTensorDenseMatMul" in ops, sorted(ops)
         assert "TensorScatterAdd" not in ops, sorted(ops)
 
@@ -193,7 +168,7 @@ class TestCrfAlone:
         assert "SparseTensorDenseMatMul" not in library_ops
         # TensorFlow's scatter sums repeated indices, so the splat's run-time
         # switch takes the ScatterNd branch.
-        ran = _ops_run(serve, *map(tf.constant, sample))
+        ran = ops_run(serve, *map(tf.constant, sample))
         assert "ScatterNd" in ran and "TensorScatterAdd" not in ran, sorted(ran)
 
     def test_portable_form_has_a_gpu_kernel_for_every_op(self):
@@ -398,7 +373,7 @@ class TestCrfAlone:
         serve = tf.saved_model.load(str(tmp_path / "crf")).serve
         args = ([tf.constant(image, tf.float32), tf.constant(logit)],)  # the model's input list
         np.testing.assert_allclose(serve(*args).numpy(), expected, atol=rounding_bound(logit, 3))  # same graph
-        assert "SparseTensorDenseMatMul" in _ops_run(serve, *args)
+        assert "SparseTensorDenseMatMul" in ops_run(serve, *args)
 
 
 class TestModelThenCrf:
