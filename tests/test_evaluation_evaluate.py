@@ -6,6 +6,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from deeplab_keras.data import synthetic
@@ -86,6 +87,24 @@ def test_crf_inference_returns_probabilities(voc_dir):
     result = evaluate_split(_colour_model(), voc_dir, "val", num_classes=NUM_CLASSES, limit=2,
                             crf=DenseCRF(iterations=2), verbose=False)
     assert result.num_images == 2 and result.settings["crf"]["iterations"] == 2
+
+
+def test_crf_refinement_runs_the_fast_path():
+    """The refinement is traced with the model's class count, so the CRF takes its
+    sparse, class-chunked form and the depthwise spatial filter (not the transposed
+    conv2d it needs when C is unknown)."""
+    from deeplab_keras.crf import DenseCRF
+    from tests.helpers import ops_run
+
+    predictor = Predictor(_colour_model(), crf=DenseCRF(iterations=1))
+    image = tf.constant(np.random.default_rng(2).normal(size=(24, 32, 3)).astype(np.float32) * 40)
+    logits = predictor._full_logits(image)
+    concrete = predictor._refine.get_concrete_function(image, logits)
+    assert concrete.structured_outputs.shape[-1] == NUM_CLASSES
+    ops = ops_run(predictor._refine, image, logits)
+    assert "SparseTensorDenseMatMul" in ops
+    assert any("DepthwiseConv2d" in op for op in ops), sorted(ops)
+    assert "Transpose" not in ops, sorted(ops)
 
 
 def test_results_json_and_table(voc_dir, tmp_path):
