@@ -70,6 +70,7 @@ images' lattice points never meet.
 
 import math
 import os
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -691,10 +692,22 @@ def _blur_neighbours_by_hashing(points, deltas, num_points, d):
     return _with_minus_neighbours(tf.reshape(plus, tf.stack([d + 1, num_points])), num_points, d)
 
 
+def _index_pairs(rows, cols, keep=None):
+    """int32 [N, 2] (row, column) from two int32 [N] (>= 0), only where keep
+    (bool [N]) if given: one int64 per pair, bitcast to two int32, instead of
+    `tf.stack(..., axis=1)`, whose interleave of 1.1 M pairs took 7 ms at
+    375x500."""
+    low, high = (rows, cols) if sys.byteorder == "little" else (cols, rows)
+    pairs = tf.bitwise.left_shift(tf.cast(high, tf.int64), 32) + tf.cast(low, tf.int64)
+    if keep is not None:
+        pairs = tf.boolean_mask(pairs, keep)
+    return tf.bitcast(pairs, tf.int32)
+
+
 def _splat_matrix(offsets, weights, num_points, d):
     num_input = tf.shape(offsets)[0]
     rows = tf.reshape(tf.broadcast_to(tf.range(num_input)[:, None], tf.shape(offsets)), [-1])
-    indices = tf.stack([rows, tf.reshape(offsets, [-1])], axis=1)
+    indices = _index_pairs(rows, tf.reshape(offsets, [-1]))
     shape = tf.cast(tf.stack([num_input, num_points]), tf.int64)
     return SparseMatrix(indices, tf.reshape(weights, [-1]), shape)
 
@@ -706,12 +719,11 @@ def _blur_matrices(neighbours, num_points, d):
     row-major order (measurably faster in SparseTensorDenseMatMul).
     """
     shape = tf.cast(tf.stack([num_points, num_points]), tf.int64)
-    rows = tf.broadcast_to(tf.range(num_points)[:, None], tf.stack([num_points, 2]))
+    rows = tf.reshape(tf.broadcast_to(tf.range(num_points)[:, None], tf.stack([num_points, 2])), [-1])
     matrices = []
     for j in range(d + 1):
-        cols = neighbours[j, :num_points]  # [M, 2]: "+" and "-" neighbour
-        exists = cols < num_points
-        indices = tf.stack([tf.boolean_mask(rows, exists), tf.boolean_mask(cols, exists)], axis=1)
+        cols = tf.reshape(neighbours[j, :num_points], [-1])  # "+" and "-" neighbour of each point
+        indices = _index_pairs(rows, cols, keep=cols < num_points)
         values = tf.fill(tf.shape(indices)[:1], np.float32(0.5))
         matrices.append(SparseMatrix(indices, values, shape))
     return matrices
