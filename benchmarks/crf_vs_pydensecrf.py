@@ -11,6 +11,7 @@ absolute probability difference and the peak resident memory each adds.
         [--tflite] [--onnx] [--threads 2] [--device cpu|gpu]
     python benchmarks/crf_vs_pydensecrf.py --photos [coffee chelsea ...]
         [--sizes 375x500x21,480x640x41] [--repeats 3] [--tflite] [--onnx]
+        [--spatial-kernel exact|lattice] [--profile]
 
 `--photos` runs on real photographs (scikit-image's bundled ones, see
 benchmarks/_photos.py for the crop, the resize and the coarse logits from a
@@ -47,6 +48,7 @@ from deeplab_keras.crf.testing import coarse_logits, make_scene, mean_iou, pyden
 
 SETTINGS = dict(iterations=10, spatial_weight=3.0, spatial_sigma=1.0, bilateral_weight=4.0,
                 bilateral_spatial_sigma=67.0, bilateral_color_sigma=3.0)
+OURS = {}  # our options that pydensecrf has no counterpart for (--spatial-kernel)
 
 
 def _rss_bytes():
@@ -93,9 +95,13 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--downsample", type=int, default=1,
                         help="ours with DenseCRF(downsample=N), the approximate faster mode (TF only)")
+    parser.add_argument("--spatial-kernel", default="exact", choices=["exact", "lattice"],
+                        help="ours with DenseCRF(spatial_kernel=...): the exact Gaussian (default) or "
+                             "pydensecrf's lattice approximation of it")
     parser.add_argument("--profile", action="store_true",
-                        help="print the top 5 op types by time for TF (TF profiler) and, with "
-                             "--onnx, ONNX Runtime (its profiler)")
+                        help="print the top 5 op types by time for TF (TF profiler; with --photos "
+                             "graph and eager, on the first photograph) and, with --onnx, ONNX "
+                             "Runtime (its profiler)")
     parser.add_argument("--photos", nargs="*", default=None, metavar="NAME",
                         help="real photographs from skimage.data (default: coffee chelsea astronaut)")
     parser.add_argument("--sizes", default="375x500x21,480x640x41",
@@ -103,6 +109,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1. Received: {args.repeats}")
+    OURS["spatial_kernel"] = args.spatial_kernel
     if args.photos is not None:
         return _photos_main(parser, args)
 
@@ -115,7 +122,7 @@ def main(argv=None):
                                   tf.TensorSpec([1, args.height, args.width, args.classes], tf.float32)])
     def ours(images, logits):
         return dense_crf(images, logits, implementation=args.implementation, downsample=args.downsample,
-                         **SETTINGS)
+                         **SETTINGS, **OURS)
 
     if args.device == "gpu":
         if not tf.config.list_physical_devices("GPU"):
@@ -156,7 +163,7 @@ def main(argv=None):
 
     print(f"CPU: {cpu_description()}, {os.cpu_count()} logical cores")
     print(f"image {args.height}x{args.width}, {args.classes} classes, {SETTINGS['iterations']} iterations, "
-          f"implementation={args.implementation}, downsample={args.downsample}, tf {tf.__version__}, "
+          f"implementation={args.implementation}, downsample={args.downsample}, spatial_kernel={args.spatial_kernel}, tf {tf.__version__}, "
           f"threads intra={tf.config.threading.get_intra_op_parallelism_threads()} (0 = all cores), "
           f"cpus={os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
     print(f"ours        median {med_ours:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in times_ours)})")
@@ -220,13 +227,14 @@ def _photos_main(parser, args):
     names = args.photos or list(PHOTOS[:3])
     sizes = _parse_sizes(parser, args.sizes)
     print(f"CPU: {cpu_description()}, {os.cpu_count()} logical cores; tf {tf.__version__}; "
-          f"{SETTINGS['iterations']} iterations, DeepLab v2 settings, implementation={args.implementation}; "
+          f"{SETTINGS['iterations']} iterations, DeepLab v2 settings, implementation={args.implementation}, "
+          f"spatial_kernel={args.spatial_kernel}; "
           f"{args.repeats} alternating repeats after warm-up; load avg {os.getloadavg()[0]:.1f}")
     med = statistics.median
     for height, width, classes in sizes:
         scene, _ = make_scene(height, width, classes, seed=args.seed, num_shapes=24)
         print(f"\n{height}x{width}x{classes}: generated scene M = {_lattice_points(scene)} lattice points")
-        layer = DenseCRF(implementation=args.implementation, **SETTINGS)
+        layer = DenseCRF(implementation=args.implementation, **SETTINGS, **OURS)
         graph = tf.function(lambda images, logits: layer(images, logits), input_signature=[
             tf.TensorSpec([1, height, width, 3], tf.uint8), tf.TensorSpec([1, height, width, classes], tf.float32)])
         first = None
@@ -263,6 +271,9 @@ def _photos_main(parser, args):
                   f"{mem.added / 2**20:.0f} MiB")
             if first is None:
                 first = (image, logits, q["graph"], run["pydensecrf"])
+                if args.profile:
+                    _print_top(f"    {name} tf graph", _tf_op_profile(run["graph"]))
+                    _print_top(f"    {name} tf eager", _tf_op_profile(run["eager"]))
         if (args.tflite or args.onnx) and (height, width, classes) == sizes[0]:  # the first size only
             image, logits, q_graph, run_ref = first
             args.height, args.width, args.classes = height, width, classes
@@ -294,7 +305,7 @@ def _serving_function(args):
                                   tf.TensorSpec([1, args.height, args.width, args.classes], tf.float32,
                                                 name="logits")])
     def serve(images, logits):
-        return dense_crf(images, logits, **SETTINGS)
+        return dense_crf(images, logits, **SETTINGS, **OURS)
     return serve
 
 
@@ -383,7 +394,7 @@ def _tf_op_profile(run):
                     if name.count(":") != 1 or " " in name:
                         continue
                     kind = name.rsplit(":", 1)[-1]
-                    if not kind[:1].isupper():
+                    if not kind.lstrip("_")[:1].isupper():  # oneDNN kernels are "_Mkl..."
                         continue
                     if kind not in _WRAPPERS:
                         totals[kind] = totals.get(kind, 0.0) + event.duration_ps * 1e-12

@@ -186,6 +186,29 @@ class TestPydensecrfParity:
         # Only the spatial kernel differs (exact here, lattice in pydensecrf).
         assert mad < 2e-3, f"mean |dQ| = {mad:.2e}"
 
+    @pytest.mark.parametrize("bilateral_weight", [4.0, 0.0], ids=["both_kernels", "spatial_only"])
+    def test_lattice_spatial_kernel_is_the_reference(self, scene, bilateral_weight):
+        """spatial_kernel="lattice" is pydensecrf's addPairwiseGaussian: with it
+        both kernels are the reference's lattices, so only float32 round-off is
+        left (max |dQ| measured 4e-5 with both kernels), where the exact kernel
+        leaves ~1e-3 on average."""
+        image, _, logits, _ = scene
+        settings = dict(V2, bilateral_weight=bilateral_weight)
+        ref = pydensecrf_inference(image, logits, **settings)
+        q = ours(image, logits, spatial_kernel="lattice", **settings)
+        diff = np.abs(q - ref)
+        assert diff.max() < 1e-3, f"max |ours - pydensecrf| = {diff.max():.2e}"
+        exact = np.abs(ours(image, logits, **settings) - ref)
+        assert exact.mean() > 10 * diff.mean(), f"mean |dQ| exact {exact.mean():.2e}, lattice {diff.mean():.2e}"
+        portable = ours(image, logits, spatial_kernel="lattice", implementation="portable", **settings)
+        np.testing.assert_allclose(q, portable, atol=rounding_bound(logits, V2["iterations"]))
+
+    def test_bad_spatial_kernel_is_refused_by_name(self):
+        with pytest.raises(ValueError, match="spatial_kernel.*'gaussian'"):
+            DenseCRF(spatial_kernel="gaussian")
+        with pytest.raises(ValueError, match="spatial_kernel"):
+            dense_crf(tf.zeros([1, 8, 8, 3]), tf.zeros([1, 8, 8, 2]), spatial_kernel=None)
+
     def test_coarse_unary_gain(self, scene):
         image, labels, logits, num_classes = scene
         before = mean_iou(logits.argmax(-1), labels, num_classes)
@@ -427,11 +450,14 @@ class TestKerasLayer:
     def test_get_config_round_trip(self):
         layer = DenseCRF(iterations=4, spatial_weight=2.0, spatial_sigma=2.0, bilateral_weight=5.0,
                          bilateral_spatial_sigma=40.0, bilateral_color_sigma=6.0, implementation="portable",
-                         name="crf")
+                         spatial_kernel="lattice", name="crf")
         clone = DenseCRF.from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
         restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
         assert isinstance(restored, DenseCRF) and restored.get_config() == layer.get_config()
+        # A config saved before spatial_kernel existed loads with the exact kernel.
+        old = {k: v for k, v in layer.get_config().items() if k != "spatial_kernel"}
+        assert DenseCRF.from_config(old).spatial_kernel == "exact"
 
     def test_keras_file_round_trip(self, tmp_path):
         images = keras.Input((None, None, 3), dtype="uint8", name="image")

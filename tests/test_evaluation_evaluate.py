@@ -162,6 +162,11 @@ def test_command_line(voc_dir, tmp_path, capsys):
     assert main(["--model", str(tmp_path / "missing.keras")]) == 2
     assert "No model file" in capsys.readouterr().err
     assert main(["--model", str(path), "--crf-params", "w1"]) == 2
+    assert main(["--model", str(path), "--data-dir", str(voc_dir), "--limit", "1", "--output", str(out),
+                 "--crf-params", "iterations=1,spatial_kernel=lattice"]) == 0
+    assert json.loads(out.read_text())["settings"]["crf"]["spatial_kernel"] == "lattice"
+    assert main(["--model", str(path), "--crf-params", "spatial_kernel=gauss"]) == 2
+    assert "spatial_kernel='gauss'" in capsys.readouterr().err
     assert main(["--model", str(path), "--pad-to", "0"]) == 2
     assert "--pad-to 0" in capsys.readouterr().err
 

@@ -58,7 +58,8 @@ def build_parser():
                           "SIDE x SIDE, e.g. 513, run the network, crop the prediction back")
     inf.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
     inf.add_argument("--crf-params", default="",
-                     help="DenseCRF arguments, e.g. bilateral_weight=4,bilateral_spatial_sigma=67")
+                     help="DenseCRF arguments, e.g. bilateral_weight=4,bilateral_spatial_sigma=67 "
+                          "(spatial_kernel=lattice: pydensecrf's spatial kernel)")
     inf.add_argument("--crf-search", action="store_true",
                      help="coarse-to-fine search of w1, sigma_alpha, sigma_beta (default 100 images)")
     p.add_argument("--output", help="JSON file for the results (default: <run-dir>/eval_<split>.json)")
@@ -71,8 +72,12 @@ def _parse_crf_params(text):
         if "=" not in item:
             raise ValueError(f"--crf-params items are key=value. Received: {item!r}")
         key, value = item.split("=", 1)
+        key, value = key.strip(), value.strip()
+        if key in ("spatial_kernel", "implementation"):  # names, checked by DenseCRF
+            params[key] = value
+            continue
         try:
-            params[key.strip()] = int(value) if key.strip() in ("iterations", "refine_iterations", "downsample") else float(value)
+            params[key] = int(value) if key in ("iterations", "refine_iterations", "downsample") else float(value)
         except ValueError:
             raise ValueError(f"--crf-params {key}: not a number. Received: {value!r}") from None
     return params

@@ -261,7 +261,7 @@ def evaluate_examples(model, examples, num_classes, *, scales=(1.0,), flip=False
 def _crf_params(crf):
     return {k: getattr(crf, k) for k in ("iterations", "spatial_weight", "spatial_sigma",
                                          "bilateral_weight", "bilateral_spatial_sigma",
-                                         "bilateral_color_sigma")}
+                                         "bilateral_color_sigma", "spatial_kernel")}
 
 
 def evaluate_split(model, data_dir, split="val", *, num_classes, scales=(1.0,), flip=False,
