@@ -97,3 +97,38 @@ def test_eager_errors_stay_value_errors():
     bad[0, 1, 1, 0] = np.nan
     with pytest.raises(ValueError, match="contain 1 NaN or Inf"):
         DenseCRF()(images, bad)
+
+
+@pytest.mark.parametrize("spatial_kernel", ["exact", "lattice"])
+def test_static_graph_sums_two_images_at_a_time(spatial_kernel):
+    """With static sizes, Grappler's memory optimizer rewrites a float AddN of
+    more than two inputs (ours, or one its arithmetic optimizer makes from an
+    Add chain) into TemporaryVariable + AssignAdd when it expects memory
+    pressure (0.16 s per call at 480x640x41). After Grappler's arithmetic
+    pass, the sparse CRF's per-iteration sum (logits, bilateral and spatial
+    terms) must still be two-input adds."""
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+    from tensorflow.python.grappler import item as grappler_item
+    from tensorflow.python.grappler import tf_optimizer
+
+    h, w, c = 24, 32, 5
+    layer = DenseCRF(iterations=2, implementation="sparse", spatial_kernel=spatial_kernel)
+    concrete = tf.function(lambda a, b: layer(a, b)).get_concrete_function(
+        tf.TensorSpec([1, h, w, 3], tf.uint8), tf.TensorSpec([1, h, w, c], tf.float32))
+    meta = tf.compat.v1.train.export_meta_graph(graph_def=concrete.graph.as_graph_def(),
+                                                graph=concrete.graph)
+    meta.collection_def["train_op"].node_list.value.extend(t.name for t in concrete.outputs)
+    config = config_pb2.ConfigProto()
+    config.graph_options.rewrite_options.optimizers.extend(["arithmetic"])
+    config.graph_options.rewrite_options.min_graph_nodes = -1
+    optimized = meta_graph_pb2.MetaGraphDef()
+    optimized.CopyFrom(meta)
+    optimized.graph_def.CopyFrom(tf_optimizer.OptimizeGraph(config, meta))
+    shapes = grappler_item.Item(optimized).GetOpProperties()
+    # Sums of class scores ([1, H, W, C] or [H*W, C]); the lattice build's
+    # sums over the d + 1 vertices are [P] vectors, computed once.
+    class_sums = [(n.name, sum(not i.startswith("^") for i in n.input))
+                  for n in optimized.graph_def.node
+                  if n.op == "AddN" and [d.size for d in shapes[n.name][0].shape.dim][-1:] == [c]]
+    assert class_sums, "expected the per-iteration sums in the optimised graph"
+    assert all(count <= 2 for _, count in class_sums), class_sums

@@ -481,16 +481,26 @@ def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilat
         filter, so that it does not hold up the other chunk's, and each
         chunk adds its logits: with the chunk widths of `column_chunks`, 43
         against 50 ms per iteration at 375x500x21 (no effect in eager mode).
-        With one chunk the two filters run side by side."""
+        With one chunk the two filters run side by side.
+
+        No sum of three [H, W, C] tensors: Grappler turns one (an AddN, or
+        the Add chain its arithmetic optimizer makes an AddN) into
+        TemporaryVariable + AssignAdd when the static shapes are known and
+        its memory estimate is high (480x640x41: 0.16 s of AssignAdd, the
+        graph 12 % slower than the same call with unknown sizes). The logits
+        join the bilateral term in its [P, C] view, so each sum is one Add
+        of two tensors that a reshape keeps apart."""
         terms = [] if logits_part is None else [logits_part]
         wait_for = []
         if bilateral_weight > 0:
             part_shape = tf.shape(q_part)
             filtered = lattice_filter(bilateral, tf.reshape(q_part, tf.stack([-1, part_shape[3]])),
                                       split_columns=False)
-            terms.append(tf.reshape(filtered, part_shape))
             if len(sizes) > 1:
                 wait_for = [filtered]
+            if terms:
+                filtered = filtered + tf.reshape(terms.pop(), tf.shape(filtered))
+            terms.append(tf.reshape(filtered, part_shape))
         if spatial_lattice is not None:
             part_shape = tf.shape(q_part)
             with tf.control_dependencies(wait_for):
@@ -500,7 +510,7 @@ def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilat
         elif spatial_weight > 0:
             with tf.control_dependencies(wait_for):
                 terms.append(spatial_post * spatial_filter(q_part * spatial_norm, spatial_sigma))
-        return tf.add_n(terms)
+        return terms[0] if len(terms) == 1 else tf.add_n(terms)
 
     logits_parts = tf.split(logits, sizes, axis=-1) if len(sizes) > 1 else [logits]
     for step in range(iterations):
