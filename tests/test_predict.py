@@ -141,6 +141,23 @@ class TestKerasCheckpoint:
         expected = np.argmax(np.asarray(probs)[0], axis=-1)
         np.testing.assert_array_equal(_read_label_png(tmp_path / "out/labels/im.png"), expected)
 
+    def test_crf_refinement_runs_the_fast_path(self, tiny_model_path):
+        # What `deeplab-predict --crf` runs per image: the layer's compiled call,
+        # the sparse class-chunked lattice and the depthwise spatial filter
+        # (not the transposed conv2d or the op-by-op eager form).
+        from deeplab_keras.crf import DenseCRF
+        from deeplab_keras.predict import load_predictor
+        from deeplab_keras.predict.predictor import predict_image
+        from tests.helpers import ops_run
+
+        predictor = load_predictor(tiny_model_path)
+        rgb = _structured_image(40, 48, seed=7)
+        crf = DenseCRF(iterations=1)
+        ops = ops_run(lambda: predict_image(predictor, rgb, crf=crf))
+        assert "SparseTensorDenseMatMul" in ops, sorted(ops)
+        assert any("DepthwiseConv2d" in op for op in ops), sorted(ops)
+        assert "Transpose" not in ops, sorted(ops)
+
 
 class TestExportedModels:
     def test_saved_model_labels_equal_its_own_argmax(self, tiny_model, mixed_folder, tmp_path):
