@@ -312,7 +312,7 @@ class TestPydensecrfParity:
     def test_many_classes_take_the_chunked_sparse_filter(self):
         # >= 32 classes run the sparse filter in column chunks (the kernel's
         # vectorised path is slower); the chunks must add up to the whole.
-        from deeplab_keras.crf.permutohedral import _column_chunks
+        from deeplab_keras.crf.filtering import _column_chunks
 
         assert _column_chunks(37) == [20, 17] and _column_chunks(41) == [21, 20]
         image, labels = make_scene(30, 40, 37, seed=5, num_shapes=12)

@@ -7,6 +7,7 @@ and exports (TFLite builtins, ONNX) together with the model.
 
 from deeplab_keras.crf.dense_crf import DenseCRF, dense_crf, portable_ops
 from deeplab_keras.crf.gaussian import spatial_filter
-from deeplab_keras.crf.permutohedral import Lattice, build_lattice, lattice_filter, scale_lattice
+from deeplab_keras.crf.filtering import lattice_filter, scale_lattice
+from deeplab_keras.crf.permutohedral import Lattice, build_lattice
 
 __all__ = ["DenseCRF", "dense_crf", "portable_ops", "spatial_filter", "Lattice", "build_lattice", "lattice_filter", "scale_lattice"]

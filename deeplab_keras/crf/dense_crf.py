@@ -34,7 +34,8 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_keras.crf.gaussian import spatial_filter
-from deeplab_keras.crf.permutohedral import IMPLEMENTATIONS, build_lattice, column_chunks, lattice_filter, scale_lattice
+from deeplab_keras.crf.filtering import column_chunks, lattice_filter, scale_lattice
+from deeplab_keras.crf.permutohedral import IMPLEMENTATIONS, build_lattice
 
 # pydensecrf adds 1e-20 before the inverse square root of the kernel's row sums.
 _NORM_EPS = 1e-20
