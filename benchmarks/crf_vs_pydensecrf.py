@@ -10,7 +10,7 @@ absolute probability difference and the peak resident memory each adds.
     python benchmarks/crf_vs_pydensecrf.py [--repeats 7] [--implementation auto]
         [--tflite] [--onnx] [--threads 2] [--device cpu|gpu]
     python benchmarks/crf_vs_pydensecrf.py --photos [coffee chelsea ...]
-        [--sizes 375x500x21,480x640x41] [--repeats 3] [--tflite] [--onnx]
+        [--sizes 375x500x21,480x640x41] [--repeats 3] [--tflite] [--onnx] [--function-eager]
         [--spatial-kernel exact|lattice] [--profile]
 
 `--photos` runs on real photographs (scikit-image's bundled ones, see
@@ -104,6 +104,9 @@ def main(argv=None):
                              "Runtime (its profiler)")
     parser.add_argument("--photos", nargs="*", default=None, metavar="NAME",
                         help="real photographs from skimage.data (default: coffee chelsea astronaut)")
+    parser.add_argument("--function-eager", action="store_true",
+                        help="--photos: also time the eager function call dense_crf(images, logits) "
+                             "beside the layer's")
     parser.add_argument("--sizes", default="375x500x21,480x640x41",
                         help="--photos: HxWxC sizes, comma-separated")
     args = parser.parse_args(argv)
@@ -249,6 +252,11 @@ def _photos_main(parser, args):
             q["eager"] = run["eager"]()
             run["eager"]()  # the first eager call of a kind runs op by op; the second compiles
             q["pydensecrf"] = run["pydensecrf"]()
+            if args.function_eager:
+                run["function eager"] = lambda: dense_crf(images_t, logits_t, implementation=args.implementation,
+                                                          **SETTINGS, **OURS).numpy()[0]
+                q["function eager"] = run["function eager"]()
+                run["function eager"]()
             wall = {k: [] for k in run}
             cpu = {k: [] for k in run}
             for _ in range(args.repeats):
@@ -265,6 +273,10 @@ def _photos_main(parser, args):
                   f"{w['graph'] / w['pydensecrf']:.2f}, eager/pydensecrf {w['eager'] / w['pydensecrf']:.2f}; "
                   f"CPU time (user+sys) graph {c['graph']:.3f} s, eager {c['eager']:.3f} s, pydensecrf "
                   f"{c['pydensecrf']:.3f} s, ratio graph/pydensecrf {c['graph'] / c['pydensecrf']:.2f}")
+            if args.function_eager:
+                print(f"    eager dense_crf(...) {w['function eager']:.3f} s wall, {c['function eager']:.3f} s CPU: "
+                      f"function eager/graph {w['function eager'] / w['graph']:.2f}, max |dQ| against the graph "
+                      f"{np.abs(q['function eager'] - q['graph']).max():.1e}")
             print(f"    label agreement with pydensecrf {agree * 100:.3f} %, mean |dQ| "
                   f"{np.abs(q['graph'] - q['pydensecrf']).mean():.2e}; eager vs graph max |dQ| "
                   f"{np.abs(q['eager'] - q['graph']).max():.1e}; peak RSS added by the first graph run "
