@@ -180,6 +180,15 @@ def _position_features(shape, sigma):
     return tf.reshape(tf.broadcast_to(pos[None], tf.stack([shape[0], shape[1], shape[2], 2])), [-1, 2])
 
 
+def _normalised_lattice(features, image_ids, weight, implementation):
+    """w D^-1/2 K D^-1/2, the lattice Gaussian over `features` [P, d] with the
+    symmetric normalisation folded in, as one operator (`scale_lattice`)."""
+    lattice = build_lattice(features, image_ids, implementation=implementation)
+    ones = tf.ones(tf.stack([tf.shape(features)[0], 1]), tf.float32)
+    norm = tf.math.rsqrt(lattice_filter(lattice, ones) + _NORM_EPS)  # [P, 1]
+    return scale_lattice(lattice, pre_scale=norm, post_scale=np.float32(weight) * norm)
+
+
 def _bilateral_features(images, bilateral_spatial_sigma, bilateral_color_sigma):
     """[B*H*W, 5] features (x/sa, y/sa, r/sb, g/sb, b/sb), pydensecrf's order.
 
@@ -450,24 +459,17 @@ def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilat
     if bilateral_weight > 0:
         features = _bilateral_features(images, bilateral_spatial_sigma, bilateral_color_sigma)
         try:
-            lattice = build_lattice(features, image_ids, implementation=implementation)
+            bilateral = _normalised_lattice(features, image_ids, bilateral_weight, implementation)
         except ValueError as err:
             raise ValueError(
                 f"{err}; bilateral_spatial_sigma={bilateral_spatial_sigma}, "
                 f"bilateral_color_sigma={bilateral_color_sigma}, images.shape={images.shape}") from None
-        ones = tf.ones(tf.stack([tf.shape(features)[0], 1]), tf.float32)
-        norm = tf.math.rsqrt(lattice_filter(lattice, ones) + _NORM_EPS)  # [P, 1]
-        # w1 D^-1/2 K D^-1/2 as one operator.
-        bilateral = scale_lattice(lattice, pre_scale=norm, post_scale=np.float32(bilateral_weight) * norm)
         sizes = column_chunks(bilateral, logits.shape[-1])
     spatial_lattice = None
     if spatial_weight > 0 and spatial_kernel == "lattice":
         # pydensecrf's addPairwiseGaussian: a 2-D lattice over (x, y) / sg.
-        positions = _position_features(shape, spatial_sigma)
-        lattice = build_lattice(positions, image_ids, implementation=implementation)
-        ones = tf.ones(tf.stack([tf.shape(positions)[0], 1]), tf.float32)
-        norm = tf.math.rsqrt(lattice_filter(lattice, ones) + _NORM_EPS)  # [P, 1]
-        spatial_lattice = scale_lattice(lattice, pre_scale=norm, post_scale=np.float32(spatial_weight) * norm)
+        spatial_lattice = _normalised_lattice(_position_features(shape, spatial_sigma), image_ids,
+                                              spatial_weight, implementation)
         if bilateral_weight == 0:
             sizes = column_chunks(spatial_lattice, logits.shape[-1])
     elif spatial_weight > 0:
@@ -493,20 +495,18 @@ def _mean_field(images, logits, iterations, spatial_weight, spatial_sigma, bilat
         of two tensors that a reshape keeps apart."""
         terms = [] if logits_part is None else [logits_part]
         wait_for = []
+        part_shape = tf.shape(q_part)
+        per_point = tf.reshape(q_part, tf.stack([-1, part_shape[3]]))  # [P, C] for the lattices
         if bilateral_weight > 0:
-            part_shape = tf.shape(q_part)
-            filtered = lattice_filter(bilateral, tf.reshape(q_part, tf.stack([-1, part_shape[3]])),
-                                      split_columns=False)
+            filtered = lattice_filter(bilateral, per_point, split_columns=False)
             if len(sizes) > 1:
                 wait_for = [filtered]
             if terms:
                 filtered = filtered + tf.reshape(terms.pop(), tf.shape(filtered))
             terms.append(tf.reshape(filtered, part_shape))
         if spatial_lattice is not None:
-            part_shape = tf.shape(q_part)
             with tf.control_dependencies(wait_for):
-                filtered = lattice_filter(spatial_lattice, tf.reshape(q_part, tf.stack([-1, part_shape[3]])),
-                                          split_columns=False)
+                filtered = lattice_filter(spatial_lattice, per_point, split_columns=False)
             terms.append(tf.reshape(filtered, part_shape))
         elif spatial_weight > 0:
             with tf.control_dependencies(wait_for):
