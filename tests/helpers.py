@@ -77,3 +77,12 @@ def ops_run(fn, *args):
             ops.update(m.name.rsplit(":", 1)[-1] for m in plane.event_metadata.values() if ":" in m.name)
     shutil.rmtree(logdir, ignore_errors=True)
     return ops
+
+
+def assert_runs_fast_crf(ops):
+    """`ops` (from `ops_run`) are the CRF's fast CPU form: the sparse lattice
+    (SparseTensorDenseMatMul) and the depthwise spatial filter, not the
+    transposed conv2d it needs when the class count is unknown."""
+    assert "SparseTensorDenseMatMul" in ops, sorted(ops)
+    assert any("DepthwiseConv2d" in op for op in ops), sorted(ops)
+    assert "Transpose" not in ops, sorted(ops)
